@@ -1,0 +1,48 @@
+"""The `vitdist` command: subcommands only, no logic."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+
+# name -> (module with main(argv), one line of help)
+COMMANDS = {
+    "train": ("vitdist.train", "train a ViT (a preset plus overrides); also `accelerate launch -m vitdist.train`"),
+    "presets": ("vitdist.presets", "list the presets with their parameter counts and what each changes"),
+}
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """A UserError (bad flag, missing data) becomes one line on stderr and exit status 2, no traceback."""
+    from .config import UserError
+
+    try:
+        yield
+    except UserError as e:
+        print(f"vitdist: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: vitdist COMMAND [--help] [ARGS]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"vitdist: error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Every config dataclass, validated in __post_init__.
+
+Each field's docstring is its `--help` text (tyro reads them). A bad value raises
+`ConfigError` naming the flag, what was given and what is allowed; the CLI prints
+it on one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+
+class UserError(Exception):
+    """A problem the user can fix (a bad flag, missing data). Printed on one line, exit 2."""
+
+
+class ConfigError(UserError):
+    """A config value that is not allowed."""
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _positive(value, flag: str) -> None:
+    _require(value is not None and value > 0, f"{flag} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    img_size: int = 32
+    """Input images are img_size x img_size pixels (data is resized to it when needed)."""
+    patch_size: int = 8
+    """Side of one square patch; img_size must be divisible by it (8 gives 16 tokens on 32px, 4 gives 64)."""
+    in_channels: int = 3
+    """Channels of the input images."""
+    embed_dim: int = 128
+    """Width of every token."""
+    num_layers: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Attention heads per block; must divide embed_dim."""
+    dim_feedforward: int = 512
+    """Hidden width of each block's MLP (the checklist uses 4 x embed_dim)."""
+    num_classes: Optional[int] = None
+    """Classes of the head; None takes the data set's own count."""
+    dropout: float = 0.1
+    """Dropout on embeddings, attention weights, attention output and MLP."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth at the last block; it rises linearly from 0 at the first."""
+
+    def __post_init__(self):
+        for name in ("img_size", "patch_size", "in_channels", "embed_dim", "num_layers", "num_heads",
+                     "dim_feedforward"):
+            _positive(getattr(self, name), f"--model.{name.replace('_', '-')}")
+        _require(self.img_size % self.patch_size == 0,
+                 f"--model.img-size {self.img_size} is not divisible by --model.patch-size {self.patch_size}: "
+                 f"choose a patch size that divides it (e.g. 4 or 8 for 32)")
+        _require(self.embed_dim % self.num_heads == 0,
+                 f"--model.embed-dim {self.embed_dim} is not divisible by --model.num-heads {self.num_heads}: "
+                 f"choose heads that divide it (e.g. {_divisor_hint(self.embed_dim)})")
+        _require(self.num_classes is None or self.num_classes >= 2,
+                 f"--model.num-classes must be >= 2 (or None for the data set's count), got {self.num_classes}")
+        _require(0.0 <= self.dropout < 1.0, f"--model.dropout must be in [0, 1), got {self.dropout}")
+        _require(0.0 <= self.drop_path_rate < 1.0,
+                 f"--model.drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+
+def _divisor_hint(n: int) -> str:
+    return " or ".join(str(h) for h in (4, 8, 2, 1) if n % h == 0)
+
+
+DataName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: DataName = "cifar10"
+    """Data source: cifar10 / cifar100 (torchvision), imagefolder (a root with train/ and val/ or test/),
+    digits (scikit-learn's 8x8 handwritten digits, shipped with it: the offline demo), synthetic (tests)."""
+    root: Optional[str] = None
+    """Folder holding the data. cifar*: where torchvision's copy is or goes (default ~/.cache/vitdist/data);
+    imagefolder: the root with train/ and val/ or test/."""
+    download: bool = True
+    """cifar*: download into root when missing."""
+    val_fraction: float = 0.1
+    """Share of the training split held out for validation (seeded, stratified), when the source has no val/
+    split. 0.1 of CIFAR's 50,000 is 5,000."""
+    train_subset: Optional[int] = None
+    """Train on only this many samples (stratified, seeded): the overfit test uses 32."""
+    val_subset: Optional[int] = None
+    """Validate on only this many samples (stratified, seeded)."""
+    train_eval_size: int = 2048
+    """Clean training samples (no augmentation, no dropout) evaluated each epoch: the honest train
+    accuracy under Mixup/CutMix."""
+    synthetic_size: int = 640
+    """synthetic: number of images (before the validation split)."""
+    num_workers: int = 0
+    """Loader workers. 0 suits in-memory data; image files decoded per batch want several."""
+    augment: bool = True
+    """RandomCrop(img_size, padding=crop_padding) and RandomHorizontalFlip on training batches."""
+    crop_padding: int = 4
+    """Padding of the random crop, in pixels."""
+    color_jitter: bool = False
+    """Add ColorJitter(0.2, 0.2, 0.2, 0.1) (a stronger augmentation against overfitting)."""
+    mixup_alpha: float = 0.0
+    """MixUp's Beta(alpha, alpha); 0 turns it off (0.8 is common)."""
+    cutmix_alpha: float = 0.0
+    """CutMix's Beta(alpha, alpha); 0 turns it off (1.0 is common). With both on, one is picked per batch."""
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Normalization mean per channel."""
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Normalization std per channel."""
+
+    def __post_init__(self):
+        if self.root is not None:
+            root = Path(self.root).expanduser()
+            if self.name == "imagefolder":
+                _require(root.is_dir(), f"--data.root {self.root} does not exist: pass the folder that holds train/")
+                _require((root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()),
+                         f"--data.root {self.root} is not an ImageFolder root: it needs train/ and val/ or test/ "
+                         f"(each with one folder per class)")
+            elif self.name in ("cifar10", "cifar100"):
+                _require(root.is_dir() or self.download,
+                         f"--data.root {self.root} does not exist (and --data.no-download is set)")
+        elif self.name == "imagefolder":
+            raise ConfigError("--data.name imagefolder needs --data.root DIR (a folder with train/ and val/ or test/)")
+        _require(0.0 <= self.val_fraction < 1.0, f"--data.val-fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("train_subset", "val_subset"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"--data.{name.replace('_', '-')} must be > 0, got {value}")
+        _require(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0,
+                 f"--data.mixup-alpha and --data.cutmix-alpha must be >= 0, got {self.mixup_alpha}, "
+                 f"{self.cutmix_alpha}")
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate of AdamW (reached after warmup)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay; never applied to biases, norms, position embedding or class token."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_epochs: float = 5.0
+    """Linear warmup from 0 to lr, in epochs (stepped per optimizer step)."""
+    min_lr: float = 1e-6
+    """Cosine decay ends here, at the last step."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off (the norm is still logged)."""
+
+    def __post_init__(self):
+        _positive(self.lr, "--optim.lr")
+        _require(self.weight_decay >= 0, f"--optim.weight-decay must be >= 0, got {self.weight_decay}")
+        _require(self.warmup_epochs >= 0, f"--optim.warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        _require(0 <= self.min_lr <= self.lr,
+                 f"--optim.min-lr must be in [0, --optim.lr={self.lr}], got {self.min_lr}")
+        _require(self.max_grad_norm >= 0, f"--optim.max-grad-norm must be >= 0, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    global_batch_size: int = 128
+    """Images per optimizer step, over all processes and accumulation steps."""
+    micro_batch_size: Optional[int] = None
+    """Images per process per forward pass; None is global / processes (no accumulation).
+    Accumulation steps = global / (micro x processes)."""
+
+    def __post_init__(self):
+        _positive(self.global_batch_size, "--batch.global-batch-size")
+        if self.micro_batch_size is not None:
+            _positive(self.micro_batch_size, "--batch.micro-batch-size")
+            _require(self.global_batch_size % self.micro_batch_size == 0,
+                     f"--batch.global-batch-size {self.global_batch_size} is not divisible by "
+                     f"--batch.micro-batch-size {self.micro_batch_size}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    wandb: bool = False
+    """Log to Weights & Biases (WANDB_MODE=offline works without a network)."""
+    wandb_project: str = "vitdist"
+    """W&B project."""
+    wandb_name: Optional[str] = None
+    """W&B run name; default: the run folder's name."""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into RUN_DIR/tensorboard."""
+    progress: bool = True
+    """Progress bar within each epoch (rank 0, only on a terminal)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    epochs: int = 100
+    """Training epochs (full passes over the training split)."""
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    """Mixed precision through accelerate: bf16, or fp16 with loss scaling (GPU only)."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy (combined with Mixup/CutMix's soft targets)."""
+    early_stop_patience: int = 15
+    """Stop after this many epochs without a better validation accuracy; 0 turns it off."""
+    seed: int = 0
+    """Seeds the model, the data split and order, and augmentation."""
+    run_dir: str = "runs/latest"
+    """Folder for config.json, metrics.jsonl, checkpoints/ and trackers' files."""
+    resume: Optional[str] = None
+    """'auto' continues from RUN_DIR's last complete checkpoint if there is one; a path continues from that
+    checkpoint folder."""
+    checkpoint_every_epochs: int = 1
+    """Save a checkpoint every this many epochs (and always at the last)."""
+
+    def __post_init__(self):
+        _positive(self.epochs, "--epochs")
+        _require(0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        _require(self.early_stop_patience >= 0, f"--early-stop-patience must be >= 0, got {self.early_stop_patience}")
+        _positive(self.checkpoint_every_epochs, "--checkpoint-every-epochs")
+        _require(self.model.num_classes is None or self.model.num_classes >= 2, "--model.num-classes must be >= 2")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> TrainConfig:
+    """Inverse of to_dict (reads config.json back)."""
+    subs = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "batch": BatchConfig, "log": LogConfig}
+    kwargs = {}
+    for key, value in d.items():
+        if key in subs:
+            value = subs[key](**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        kwargs[key] = value
+    return TrainConfig(**kwargs)

@@ -1,0 +1,318 @@
+"""Data sets, splits, the epoch sampler and batched augmentation.
+
+Every source ends as a Dataset of (uint8 image (C, H, W), label). CIFAR-sized sets are decoded once into one
+uint8 tensor; augmentation runs on whole batches on the training device (BatchAugment), so the input pipeline
+is a few tensor ops per step rather than PIL work per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from .config import DataConfig, UserError
+
+DEFAULT_ROOT = Path(os.environ.get("VITDIST_CACHE", "~/.cache/vitdist")).expanduser()
+# Decoded image tensors up to this size stay in memory; larger ImageFolder sets are decoded per batch.
+IN_MEMORY_MAX_BYTES = 4 << 30
+
+
+class TensorImages(Dataset):
+    """Images held as one uint8 tensor (N, C, H, W) with int64 labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def subset(self, idx: torch.Tensor) -> "TensorImages":
+        return TensorImages(self.images[idx], self.labels[idx])
+
+
+class FileImages(Dataset):
+    """Image files decoded with PIL per item and resized to img_size: for sets too large to hold decoded."""
+
+    def __init__(self, samples: list[tuple[str, int]], img_size: int):
+        self.samples, self.img_size = samples, img_size
+        self.labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        self.to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize((img_size, img_size), antialias=True)])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            return self.to_tensor(im.convert("RGB")), torch.tensor(label)
+
+    def subset(self, idx: torch.Tensor) -> "FileImages":
+        return FileImages([self.samples[i] for i in idx.tolist()], self.img_size)
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    test: Optional[Dataset]
+    train_eval: Dataset
+    """A fixed subset of train, evaluated clean each epoch (no augmentation, no dropout)."""
+    num_classes: int
+    classes: list[str]
+    source: str
+
+
+def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded permutation whose every prefix has the classes in proportion to their counts.
+
+    Shuffle, then sort by (rank within its class + 0.5) / class count: the first n are a stratified sample.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=g)
+    shuffled = labels[perm]
+    counts = torch.bincount(shuffled)
+    rank = torch.zeros_like(shuffled)
+    for c in range(len(counts)):
+        where = (shuffled == c).nonzero().squeeze(1)
+        rank[where] = torch.arange(len(where))
+    key = (rank.double() + 0.5) / counts[shuffled].double()
+    return perm[torch.argsort(key, stable=True)]
+
+
+def stratified_split(labels: torch.Tensor, n_second: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (first, second) with len(second) == n_second, both stratified; each sorted."""
+    order = stratified_order(labels, seed)
+    return order[n_second:].sort().values, order[:n_second].sort().values
+
+
+def _labels(ds: Dataset) -> torch.Tensor:
+    return ds.labels
+
+
+def load_data(cfg: DataConfig, img_size: int, seed: int) -> DataBundle:
+    """Build train / val / test splits of cfg.name at img_size."""
+    if cfg.name in ("cifar10", "cifar100"):
+        train, test, classes = _cifar(cfg)
+        val = None
+    elif cfg.name == "imagefolder":
+        train, val, test, classes = _imagefolder(cfg, img_size)
+    elif cfg.name == "digits":
+        train, test, classes = _digits(img_size, seed)
+        val = None
+    elif cfg.name == "synthetic":
+        train, classes = _synthetic(cfg.synthetic_size, img_size), [str(c) for c in range(10)]
+        test, val = None, None
+    else:  # pragma: no cover - Literal already restricts it
+        raise UserError(f"--data.name {cfg.name!r} is unknown")
+
+    train, test = _resize(train, img_size), (_resize(test, img_size) if test is not None else None)
+    if val is None:
+        n_val = round(len(train) * cfg.val_fraction)
+        if n_val == 0:
+            raise UserError(f"--data.val-fraction {cfg.val_fraction} leaves no validation samples out of "
+                            f"{len(train)}: raise it")
+        train_idx, val_idx = stratified_split(_labels(train), n_val, seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    if cfg.train_subset is not None and cfg.train_subset < len(train):
+        train = train.subset(stratified_order(_labels(train), seed + 1)[: cfg.train_subset].sort().values)
+    if cfg.val_subset is not None and cfg.val_subset < len(val):
+        val = val.subset(stratified_order(_labels(val), seed + 2)[: cfg.val_subset].sort().values)
+    n_eval = min(cfg.train_eval_size, len(train))
+    train_eval = train.subset(stratified_order(_labels(train), seed + 3)[:n_eval].sort().values)
+    return DataBundle(train, val, test, train_eval, len(classes), classes, cfg.name)
+
+
+def _resize(ds: Dataset, img_size: int) -> Dataset:
+    if isinstance(ds, TensorImages) and ds.images.shape[-1] != img_size:
+        images = F.interpolate(ds.images.float(), size=(img_size, img_size), mode="bilinear", antialias=True,
+                               align_corners=False)
+        return TensorImages(images.round().clamp(0, 255).to(torch.uint8), ds.labels)
+    return ds
+
+
+def _cifar(cfg: DataConfig):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+    root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_ROOT / "data"
+    try:
+        splits = [cls(str(root), train=train, download=cfg.download) for train in (True, False)]
+    except Exception as e:  # offline, or a broken copy: torchvision raises RuntimeError or URLError
+        raise UserError(f"{cfg.name} not found in {root} and could not be downloaded ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]}); pass --data.root DIR holding an existing copy "
+                        f"(the folder with {'cifar-10-batches-py' if cfg.name == 'cifar10' else 'cifar-100-python'}), "
+                        f"or use --data.name imagefolder --data.root DIR") from None
+    out = []
+    for ds in splits:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
+        out.append(TensorImages(images, torch.tensor(ds.targets, dtype=torch.int64)))
+    return out[0], out[1], list(splits[0].classes)
+
+
+def _imagefolder(cfg: DataConfig, img_size: int):
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.root).expanduser()
+    train_listing = ImageFolder(str(root / "train"))
+    classes = train_listing.classes
+    splits = {}
+    for split in ("train", "val", "test"):
+        if not (root / split).is_dir():
+            splits[split] = None
+            continue
+        listing = train_listing if split == "train" else ImageFolder(str(root / split))
+        if listing.classes != classes:
+            raise UserError(f"--data.root {root}: {split}/ has classes {listing.classes[:5]}... but train/ has "
+                            f"{classes[:5]}...: every split needs the same class folders")
+        files = FileImages(listing.samples, img_size)
+        if len(files) * 3 * img_size * img_size <= IN_MEMORY_MAX_BYTES:
+            files = _decode_cached(files, root / split)
+        splits[split] = files
+    return splits["train"], splits["val"], splits["test"], classes
+
+
+def _decode_cached(files: FileImages, where: Path) -> TensorImages:
+    """Decode every file once into a uint8 tensor, cached under ~/.cache/vitdist/decoded."""
+    key = hashlib.sha1(f"{where.resolve()}|{files.img_size}|{len(files)}|{files.samples[-1][0]}|"
+                       f"{os.stat(files.samples[-1][0]).st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = DEFAULT_ROOT / "decoded" / f"{where.name}-{key}.pt"
+    if cache.exists():
+        d = torch.load(cache)
+        return TensorImages(d["images"], d["labels"])
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(files, batch_size=512, num_workers=min(4, os.cpu_count() or 1))
+    parts = [x for x, _ in tqdm(loader, desc=f"decoding {where}", leave=False, disable=None)]
+    out = TensorImages(torch.cat(parts), files.labels)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"images": out.images, "labels": out.labels}, tmp)
+    os.replace(tmp, cache)  # atomic: ranks decoding at once never read half a file
+    return out
+
+
+def _digits(img_size: int, seed: int):
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), as RGB; 20% held out as the test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(d.images).float().mul(255.0 / 16.0).round().to(torch.uint8)  # (N, 8, 8)
+    images = images[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, 8, 8)
+    full = TensorImages(images, torch.from_numpy(d.target).long())
+    train_idx, test_idx = stratified_split(full.labels, round(0.2 * len(full)), seed=12345)  # fixed test set
+    return full.subset(train_idx), full.subset(test_idx), [str(c) for c in range(10)]
+
+
+def _synthetic(n: int, img_size: int, num_classes: int = 10) -> TensorImages:
+    """Learnable noise: each class is a fixed smooth random pattern, each image that pattern plus noise."""
+    g = torch.Generator().manual_seed(1234)  # the same data set whatever the run's seed
+    templates = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=(img_size, img_size),
+                              mode="bilinear", align_corners=False)
+    labels = torch.arange(n) % num_classes
+    images = templates[labels] + 0.25 * torch.randn(n, 3, img_size, img_size, generator=g)
+    return TensorImages(images.clamp(0, 1).mul(255).round().to(torch.uint8), labels)
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, cut to whole global batches.
+
+    The order is a function of (seed, epoch) alone, so a resumed run sees the same order, and accelerate's
+    per-rank sharding of it gives every optimizer step the same global batch whatever the process count.
+    """
+
+    def __init__(self, n: int, global_batch_size: int, seed: int):
+        self.n, self.global_batch_size, self.seed, self.epoch = n, global_batch_size, seed, 0
+        self.steps = n // global_batch_size
+        if self.steps == 0:
+            raise UserError(f"--batch.global-batch-size {global_batch_size} is larger than the training split "
+                            f"({n} images): lower it")
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.steps * self.global_batch_size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[: len(self)].tolist())
+
+
+def train_loader(ds: Dataset, micro_batch_size: int, global_batch_size: int, seed: int, num_workers: int,
+                 pin_memory: bool) -> DataLoader:
+    sampler = EpochSampler(len(ds), global_batch_size, seed)
+    return DataLoader(ds, batch_size=micro_batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+def eval_loader(ds: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+
+
+class BatchAugment(nn.Module):
+    """uint8 batch -> normalized float batch, with per-sample random crop and flip, optional ColorJitter,
+    and Mixup/CutMix (torchvision v2) turning labels into soft targets.
+
+    torchvision's v2 RandomCrop/RandomHorizontalFlip draw one set of parameters per call, the same for the
+    whole batch; per-sample crop and flip on a batch is written here (a gather and a where, as airbench does).
+    """
+
+    def __init__(self, cfg: DataConfig, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+        self.jitter = v2.ColorJitter(0.2, 0.2, 0.2, 0.1) if cfg.color_jitter else None
+        mixers = []
+        if cfg.mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
+        if cfg.cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
+        self.mix = v2.RandomChoice(mixers) if len(mixers) > 1 else (mixers[0] if mixers else None)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training batch: (uint8 (B, C, H, W), int labels) -> (normalized float, labels or soft targets)."""
+        if self.cfg.augment:
+            x = random_crop(x, self.cfg.crop_padding)
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        x = x.float() / 255.0
+        if self.jitter is not None:
+            x = torch.stack([self.jitter(img) for img in x])  # per image: each gets its own factors
+        x = (x - self.mean) / self.std
+        if self.mix is not None:
+            x, y = self.mix(x, y)
+        return x, y
+
+
+def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """Per-sample RandomCrop(size, padding) with zero fill on a (B, C, H, W) batch."""
+    if padding == 0:
+        return x
+    B, C, H, W = x.shape
+    padded = F.pad(x, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
+    dy = torch.randint(0, 2 * padding + 1, (B,), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (B,), device=x.device)
+    rows = (dy[:, None] + torch.arange(H, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(B, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+

@@ -1,0 +1,37 @@
+"""AdamW with parameter groups, and the warmup + cosine learning rate as a function of the step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: no decay on biases, norms, the position embedding or the class token."""
+    skip = getattr(model, "no_weight_decay", lambda: set())()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_at(step: int, cfg: OptimConfig, total_steps: int, warmup_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup to cfg.lr, cosine to cfg.min_lr.
+
+    A pure function of the step (nanoGPT's get_lr), so a resumed run needs no scheduler state.
+    """
+    if step < warmup_steps:
+        return cfg.lr * (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,116 @@
+"""PRESETS: name -> (one-line description, TrainConfig).
+
+Each preset is the checklist's template with a few fields replaced, one comment per change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import replace
+
+from .config import ConfigError, DataConfig, ModelConfig, OptimConfig, TrainConfig, BatchConfig
+
+# The checklist's full template: embed 128, 4 layers, 4 heads, FFN 4 x embed, dropout 0.1, batch 128,
+# 100 epochs, AdamW lr 1e-3 / wd 1e-4, clip 1.0, label smoothing 0.1, 5 warmup epochs + cosine,
+# early stopping patience 15, RandomCrop(32, 4) + flip + Normalize(0.5, 0.5), on CIFAR-10.
+TINY = TrainConfig()
+
+SMALL = replace(TINY, model=replace(TINY.model, embed_dim=256, num_layers=6, num_heads=8,  # wider, deeper
+                                    dim_feedforward=1024))
+
+BASE = replace(TINY, model=replace(TINY.model, embed_dim=512, num_layers=6, num_heads=8,  # the checklist's base
+                                   dim_feedforward=2048))
+
+OVERFIT = replace(
+    TINY,
+    model=replace(TINY.model, dropout=0.0),  # nothing may stop memorising
+    data=replace(TINY.data, train_subset=32,  # the checklist's 32 samples
+                 val_subset=256,  # validation only for the record: keep it cheap
+                 augment=False, train_eval_size=32),  # memorise the samples themselves
+    optim=replace(TINY.optim, lr=5e-3, weight_decay=0.0,  # the checklist's overfit-test rate, no decay
+                  warmup_epochs=0.0),  # one step per epoch: warmup would eat the budget
+    batch=BatchConfig(global_batch_size=32),  # the 32 samples are one batch: 200 epochs = 200 steps
+    epochs=200,
+    label_smoothing=0.0,  # smoothing caps confidence; accuracy is what is tested
+    early_stop_patience=0,  # always run all 200 steps
+    checkpoint_every_epochs=200,  # one checkpoint, at the end
+    run_dir="runs/overfit",
+)
+
+DEMO = replace(
+    TINY,
+    data=replace(TINY.data, name="digits",  # real handwritten digits shipped inside scikit-learn: no download
+                 crop_padding=2),  # digits are 8px upscaled 4x: a 4px shift would cut strokes off
+    batch=BatchConfig(global_batch_size=64),  # 1,617 training images: more steps per epoch
+    epochs=15,  # a few minutes on a laptop CPU
+    run_dir="runs/demo",
+)
+
+PRESETS: dict[str, tuple[str, TrainConfig]] = {
+    "tiny": ("checklist base config: ViT 128/4/4/512, patch 8, CIFAR-10, 100 epochs", TINY),
+    "small": ("ViT 256/6/8/1024 on CIFAR-10, otherwise tiny's recipe", SMALL),
+    "base": ("ViT 512/6/8/2048 on CIFAR-10, otherwise tiny's recipe", BASE),
+    "overfit": ("the overfit test: 32 samples, lr 5e-3, no dropout/decay/augmentation, 200 steps", OVERFIT),
+    "demo": ("offline demo: tiny ViT on scikit-learn's handwritten digits, 15 epochs, minutes on a CPU", DEMO),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r} is unknown: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name][1]
+
+
+def changed_fields(cfg: TrainConfig, base: TrainConfig = TINY, prefix: str = "") -> dict[str, tuple]:
+    """Flat {'optim.lr': (base value, cfg value)} for every field where cfg differs from base."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        a, b = getattr(base, f.name), getattr(cfg, f.name)
+        if dataclasses.is_dataclass(a):
+            out.update(changed_fields(b, a, prefix + f.name + "."))
+        elif a != b:
+            out[prefix + f.name] = (a, b)
+    return out
+
+
+def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> TrainConfig:
+    """`--preset NAME` picks the defaults; every other flag overrides one field of it (tyro)."""
+    import argparse
+
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="tiny")
+    known, rest = pre.parse_known_args(argv)
+    base = get_preset(known.preset)
+    return tyro.cli(TrainConfig, default=base, args=rest, prog=prog,
+                    description=f"Train a ViT. --preset NAME picks the defaults shown below "
+                                f"({', '.join(PRESETS)}; now: {known.preset}); each flag overrides one field.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vitdist presets`: each preset, its parameter count (10 classes) and the fields it changes from tiny."""
+    from .model import VisionTransformer, count_parameters
+
+    if argv:
+        print("usage: vitdist presets   (takes no arguments)", file=sys.stderr)
+        return 0 if argv[0] in ("-h", "--help") else 2
+    for name, (desc, cfg) in PRESETS.items():
+        params = count_parameters(VisionTransformer.from_config(cfg.model, num_classes=10))
+        changes = changed_fields(cfg)
+        print(f"{name:<8} {params / 1e6:6.2f}M params  {desc}")
+        for key, (_, value) in changes.items():
+            print(f"{'':<10}{as_flag(key, value)}")
+    return 0
+
+
+def as_flag(key: str, value) -> str:
+    """The override flag that sets `key` to `value`, as tyro spells it."""
+    head, _, name = key.rpartition(".")
+    prefix = f"--{head}." if head else "--"
+    if isinstance(value, bool):
+        return f"{prefix}{'' if value else 'no-'}{name.replace('_', '-')}"
+    if isinstance(value, tuple):
+        value = " ".join(map(str, value))
+    return f"{prefix}{name.replace('_', '-')} {value}"

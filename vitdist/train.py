@@ -1,0 +1,375 @@
+"""train(cfg): the whole training run on an accelerate.Accelerator, top to bottom.
+
+    accelerate launch -m vitdist.train --preset base [--optim.lr 3e-4 ...]
+    python -m vitdist.train --preset demo
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, UserError, to_dict
+from .data import BatchAugment, eval_loader, load_data, train_loader
+from .model import VisionTransformer, count_parameters
+from .optim import build_optimizer, lr_at
+
+STATE_FILE = "train_state.json"  # written last into a checkpoint folder: its presence marks it complete
+NAN_ADVICE = ("lower the learning rate 10x (e.g. --optim.lr 1e-4), clip gradients (--optim.max-grad-norm 1.0), "
+              "and check that inputs are normalized")
+
+
+class Diverged(Exception):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint adds to accelerate's own state (model, optimizer, scaler, RNG)."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best validation accuracy, for early stopping
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values computed once from the config, the data and the world size; logged, never stored in the config."""
+
+    world_size: int
+    micro_batch_size: int
+    accumulation_steps: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    num_train: int
+    num_val: int
+    num_test: int
+    num_classes: int
+    num_params: int
+
+
+def batch_plan(global_batch: int, micro_batch: int | None, world_size: int) -> tuple[int, int]:
+    """(micro batch, accumulation steps) so that micro x accumulation x world == global."""
+    if micro_batch is None:
+        if global_batch % world_size:
+            raise UserError(f"--batch.global-batch-size {global_batch} is not divisible by {world_size} processes: "
+                            f"use a multiple of {world_size}")
+        return global_batch // world_size, 1
+    if global_batch % (micro_batch * world_size):
+        raise UserError(f"--batch.global-batch-size {global_batch} is not divisible by --batch.micro-batch-size "
+                        f"{micro_batch} x {world_size} processes: use a global batch that is a multiple of "
+                        f"{micro_batch * world_size}, or another micro-batch")
+    return micro_batch, global_batch // (micro_batch * world_size)
+
+
+def train(cfg: TrainConfig) -> dict:
+    run_dir = Path(cfg.run_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    micro_batch, accum = batch_plan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size)
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("--precision fp16 needs a CUDA GPU (it relies on loss scaling); on CPU use bf16 or no")
+
+    # --- the accelerator: processes, precision, accumulation, trackers
+    trackers = [name for name, on in (("wandb", cfg.log.wandb), ("tensorboard", cfg.log.tensorboard)) if on]
+    accelerator = Accelerator(
+        mixed_precision=cfg.precision,
+        gradient_accumulation_steps=accum,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        # Several processes without a GPU talk over gloo (NCCL needs CUDA; DeepSpeed would pick it anyway).
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if world_size > 1 and not torch.cuda.is_available()
+        else [],
+    )
+    assert accelerator.num_processes == world_size, (accelerator.num_processes, world_size)
+    is_main = accelerator.is_main_process
+    state = TrainState()
+    resume_dir = find_resume(cfg.resume, run_dir)
+
+    # --- data, model, optimizer
+    set_seed(cfg.seed)  # the same initial weights on every rank
+    data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
+    model = VisionTransformer.from_config(cfg.model, data.num_classes)
+    optimizer = build_optimizer(model, cfg.optim)
+    pin = accelerator.device.type == "cuda"
+    train_dl = train_loader(data.train, micro_batch, cfg.batch.global_batch_size, cfg.seed, cfg.data.num_workers, pin)
+    eval_batch = max(micro_batch, 256)
+    val_dl = eval_loader(data.val, eval_batch, cfg.data.num_workers, pin)
+    train_eval_dl = eval_loader(data.train_eval, eval_batch, cfg.data.num_workers, pin)
+    test_dl = eval_loader(data.test, eval_batch, cfg.data.num_workers, pin) if data.test is not None else None
+    steps_per_epoch = len(train_dl.sampler) // cfg.batch.global_batch_size
+    derived = Derived(
+        world_size=world_size, micro_batch_size=micro_batch, accumulation_steps=accum,
+        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs,
+        warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch), num_train=len(data.train),
+        num_val=len(data.val), num_test=len(data.test) if data.test is not None else 0,
+        num_classes=data.num_classes, num_params=count_parameters(model))
+
+    model, optimizer, train_dl, val_dl, train_eval_dl = accelerator.prepare(
+        model, optimizer, train_dl, val_dl, train_eval_dl)
+    if test_dl is not None:
+        test_dl = accelerator.prepare(test_dl)
+    augment = BatchAugment(cfg.data, data.num_classes).to(accelerator.device)
+    set_seed(cfg.seed, device_specific=True)  # each rank its own dropout and augmentation draws
+
+    # --- run folder, resume, trackers
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG
+        state = TrainState(**json.loads((resume_dir / STATE_FILE).read_text()))
+        if is_main:
+            truncate_jsonl(run_dir / "metrics.jsonl", "epoch", state.epoch)
+            truncate_jsonl(run_dir / "steps.jsonl", "step", state.step)
+        accelerator.print(f"resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
+    elif cfg.resume == "auto":
+        accelerator.print(f"--resume auto: no complete checkpoint in {run_dir / 'checkpoints'}, starting fresh")
+    if trackers:
+        accelerator.init_trackers(cfg.log.wandb_project, config=flat_config(cfg, derived), init_kwargs={
+            "wandb": {"name": cfg.log.wandb_name or run_dir.resolve().name, "tags": list(cfg.log.wandb_tags),
+                      "dir": str(run_dir)}})
+    accelerator.print(f"vitdist: {derived.num_params:,} parameters; {data.source}: {derived.num_train} train / "
+                      f"{derived.num_val} val / {derived.num_test} test; {world_size} process(es) x micro-batch "
+                      f"{micro_batch} x {accum} accumulation = global batch {cfg.batch.global_batch_size}; "
+                      f"{steps_per_epoch} steps/epoch; precision {cfg.precision}; device {accelerator.device}")
+
+    # --- epochs
+    stopped_early = False
+    table = EpochTable(accelerator.print)
+    for epoch in range(state.epoch, cfg.epochs):
+        train_dl.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, device=accelerator.device)  # loss x n, correct, n
+        norms = []  # per optimizer step, pre-clip
+        step_log = []
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not (is_main and cfg.log.progress and sys.stderr.isatty()))
+        for x, y in train_dl:
+            with accelerator.accumulate(model):
+                x, targets = augment(x, y)
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    lr = lr_at(state.step, cfg.optim, derived.total_steps, derived.warmup_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
+                    # One small all-reduce and one host sync per optimizer step: every rank sees the same
+                    # numbers, so a non-finite loss on any rank stops all of them before the bad update.
+                    check = accelerator.reduce(torch.stack([loss.detach(), grad_norm.detach().float()]), "mean")
+                    loss_value, norm_value = check.tolist()
+                    if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
+                        bar.close()
+                        raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
+                                       f"at epoch {epoch + 1}, step {state.step + 1} (lr {lr:.3g})")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            n = y.shape[0]
+            sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == y).sum().float(),
+                                 torch.tensor(float(n), device=sums.device)])
+            if accelerator.sync_gradients:
+                state.step += 1
+                norms.append(norm_value)
+                step_log.append({"step": state.step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
+                                 "grad_norm": norm_value})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        loss_sum, correct, count = accelerator.reduce(sums, "sum").tolist()
+
+        # --- evaluate, log, checkpoint
+        val_loss, val_acc = evaluate(model, val_dl, augment, accelerator)
+        clean_loss, clean_acc = evaluate(model, train_eval_dl, augment, accelerator)
+        metrics = {
+            "epoch": epoch + 1, "step": state.step,
+            "train_loss": loss_sum / count,
+            # Under Mixup/CutMix the batch accuracy compares against mixed images: not meaningful.
+            "train_acc": None if cfg.data.mixes else correct / count,
+            "train_clean_loss": clean_loss, "train_clean_acc": clean_acc,
+            "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+            "grad_norm_mean": sum(norms) / len(norms), "grad_norm_max": max(norms),
+            "epoch_time_s": time.perf_counter() - t0, "images_per_s": count / train_time,
+        }
+        improved = val_acc > state.best_val_acc
+        if improved:
+            state.best_val_acc, state.best_epoch, state.bad_epochs = val_acc, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        # Every rank reduced the same numbers, so every rank takes the same decision here.
+        stop = cfg.early_stop_patience > 0 and state.bad_epochs >= cfg.early_stop_patience
+        if is_main:
+            append_jsonl(run_dir / "steps.jsonl", step_log)
+            append_jsonl(run_dir / "metrics.jsonl", [metrics])
+        table.row(metrics, best=improved)
+        accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
+        if improved or stop or state.epoch == cfg.epochs or state.epoch % cfg.checkpoint_every_epochs == 0:
+            save_checkpoint(accelerator, run_dir, state)
+        if stop:
+            accelerator.print(f"early stopping: no better validation accuracy in {cfg.early_stop_patience} epochs "
+                              f"(best {state.best_val_acc:.4f} at epoch {state.best_epoch})")
+            stopped_early = True
+            break
+
+    # --- the best checkpoint: test it once, export its weights
+    best_dir = checkpoint_dir(run_dir, state.best_epoch)
+    accelerator.load_state(str(best_dir))
+    results = {"best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc, "epochs_run": state.epoch,
+               "steps": state.step, "stopped_early": stopped_early, "num_params": derived.num_params}
+    if test_dl is not None:
+        results["test_loss"], results["test_acc"] = evaluate(model, test_dl, augment, accelerator)
+    accelerator.save_model(model, str(run_dir))  # run_dir/model.safetensors: the best weights, unwrapped
+    if is_main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        accelerator.print("best: epoch {best_epoch}, val acc {best_val_acc:.4f}".format(**results)
+                          + (f"; test acc {results['test_acc']:.4f}" if "test_acc" in results else "")
+                          + f" -> {run_dir}")
+    accelerator.log({f"final/{k}": v for k, v in results.items()}, step=state.step)
+    accelerator.end_training()
+    return results
+
+
+@torch.no_grad()
+def evaluate(model, loader, augment: BatchAugment, accelerator: Accelerator) -> tuple[float, float]:
+    """Mean cross-entropy (no smoothing) and accuracy over the whole split, across all ranks."""
+    model.eval()
+    sums = torch.zeros(3, device=accelerator.device)
+    for x, y in loader:
+        logits = model(augment.normalize(x)).float()
+        loss = F.cross_entropy(logits, y, reduction="none")
+        # gather_for_metrics drops the samples accelerate repeated to even out the ranks' shards.
+        loss, hit = accelerator.gather_for_metrics((loss, (logits.argmax(-1) == y).float()))
+        sums += torch.stack([loss.sum(), hit.sum(), torch.tensor(float(len(hit)), device=sums.device)])
+    model.train()
+    loss_sum, correct, count = sums.tolist()
+    return loss_sum / count, correct / count
+
+
+# --- checkpoints: checkpoints/epoch_NNNN/, complete once train_state.json is in it; keep the last and the best
+
+def checkpoint_dir(run_dir: Path, epoch: int) -> Path:
+    return run_dir / "checkpoints" / f"epoch_{epoch:04d}"
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) -> None:
+    out = checkpoint_dir(run_dir, state.epoch)
+    accelerator.save_state(str(out))
+    if accelerator.is_main_process:
+        tmp = out / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(state)))
+        os.replace(tmp, out / STATE_FILE)  # atomic: a crash before this leaves a folder resume ignores
+        keep = {out.name, checkpoint_dir(run_dir, state.best_epoch).name}
+        for old in (run_dir / "checkpoints").iterdir():
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.glob("epoch_*") if (d / STATE_FILE).is_file())
+
+
+def find_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint folder to resume from, or None. A bad explicit path is the user's error."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir / "checkpoints")
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = complete_checkpoints(path / "checkpoints") or complete_checkpoints(path)
+    if found:
+        return found[-1]
+    raise UserError(f"--resume {resume}: no complete checkpoint there (a checkpoint folder such as "
+                    f"RUN_DIR/checkpoints/epoch_0003 holds {STATE_FILE}); pass one, a run folder, or 'auto'")
+
+
+# --- small I/O helpers
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def truncate_jsonl(path: Path, key: str, last: int) -> None:
+    """Drop rows written after the checkpoint we resume from (the run died between log and checkpoint)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)[key] <= last]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def flat_config(cfg: TrainConfig, derived: Derived) -> dict:
+    """The config and derived values as flat scalars (TensorBoard's hparams take nothing else)."""
+    out = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, prefix + k + ".")
+            else:
+                out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk(to_dict(cfg), "")
+    walk(asdict(derived), "derived.")
+    return out
+
+
+class EpochTable:
+    """One printed row per epoch."""
+
+    COLUMNS = [("epoch", "{:>5}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.4f}"),
+               ("train_clean_acc", "{:>9.4f}"), ("val_loss", "{:>8.4f}"), ("val_acc", "{:>7.4f}"),
+               ("lr", "{:>9.2e}"), ("grad_norm_mean", "{:>9.3f}"), ("epoch_time_s", "{:>7.1f}"),
+               ("images_per_s", "{:>7.0f}")]
+    HEADER = "epoch train_loss train_acc clean_acc val_loss val_acc        lr grad_norm  time_s   img/s"
+
+    def __init__(self, print_fn):
+        self.print, self.printed_header = print_fn, False
+
+    def row(self, m: dict, best: bool) -> None:
+        if not self.printed_header:
+            self.print(self.HEADER)
+            self.printed_header = True
+        cells = [fmt.format(m[k]) if m[k] is not None else f"{'-':>{len(fmt.format(0.0 if 'f' in fmt else 0))}}"
+                 for k, fmt in self.COLUMNS]
+        self.print(" ".join(cells) + (" *" if best else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import exit_on_user_error
+    from .presets import parse_train_config
+
+    with exit_on_user_error():
+        cfg = parse_train_config(argv, prog="vitdist train")
+        try:
+            train(cfg)
+        except Diverged as e:
+            print(f"vitdist: training stopped: {e}. The last good checkpoint is kept in "
+                  f"{Path(cfg.run_dir) / 'checkpoints'}. Try: {NAN_ADVICE}.", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
