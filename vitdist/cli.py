@@ -10,6 +10,12 @@ import sys
 COMMANDS = {
     "train": ("vitdist.train", "train a ViT (a preset plus overrides); also `accelerate launch -m vitdist.train`"),
     "presets": ("vitdist.presets", "list the presets with their parameter counts and what each changes"),
+    "check": ("vitdist.checks", "before training: shape, gradient and overfit checks, PASS or FAIL"),
+    "sweep": ("vitdist.sweep", "learning-rate sweep (or range test, or a grid) with a verdict per curve"),
+    "diagnose": ("vitdist.diagnose", "read a run's metrics: over/underfitting verdict and the flags to try next"),
+    "recommend": ("vitdist.recommend", "the checklist's tables: a starting config for a data set size and GPU"),
+    "plot": ("vitdist.plots", "loss, accuracy, learning rate and gradient norm of one or more runs, as a PNG"),
+    "autobatch": ("vitdist.autobatch", "measure the largest micro-batch that fits; plan accumulation"),
 }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
@@ -85,6 +86,10 @@ def train(cfg: TrainConfig) -> dict:
         raise UserError("--precision fp16 needs a CUDA GPU (it relies on loss scaling); on CPU use bf16 or no")
 
     # --- the accelerator: processes, precision, accumulation, trackers
+    # train() may run several times in one process (sweeps, tests): forget the last run's precision and
+    # accumulation, keep the process group.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     trackers = [name for name, on in (("wandb", cfg.log.wandb), ("tensorboard", cfg.log.tensorboard)) if on]
     accelerator = Accelerator(
         mixed_precision=cfg.precision,
