@@ -123,14 +123,13 @@ class DataConfig:
     def __post_init__(self):
         if self.root is not None:
             root = Path(self.root).expanduser()
+            _require(root.is_dir(), f"--data.root {self.root} does not exist: pass an existing folder"
+                                    + (" that holds train/" if self.name == "imagefolder" else
+                                       " (or leave it out: cifar downloads into ~/.cache/vitdist/data)"))
             if self.name == "imagefolder":
-                _require(root.is_dir(), f"--data.root {self.root} does not exist: pass the folder that holds train/")
                 _require((root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()),
                          f"--data.root {self.root} is not an ImageFolder root: it needs train/ and val/ or test/ "
                          f"(each with one folder per class)")
-            elif self.name in ("cifar10", "cifar100"):
-                _require(root.is_dir() or self.download,
-                         f"--data.root {self.root} does not exist (and --data.no-download is set)")
         elif self.name == "imagefolder":
             raise ConfigError("--data.name imagefolder needs --data.root DIR (a folder with train/ and val/ or test/)")
         _require(0.0 <= self.val_fraction < 1.0, f"--data.val-fraction must be in [0, 1), got {self.val_fraction}")

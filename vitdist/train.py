@@ -163,6 +163,7 @@ def train(cfg: TrainConfig) -> dict:
         sums = torch.zeros(3, device=accelerator.device)  # loss x n, correct, n
         norms = []  # per optimizer step, pre-clip
         step_log = []
+        step_loss = torch.zeros((), device=accelerator.device)  # mean loss over one optimizer step's micro-batches
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                    disable=not (is_main and cfg.log.progress and sys.stderr.isatty()))
         for x, y in train_dl:
@@ -171,6 +172,7 @@ def train(cfg: TrainConfig) -> dict:
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
                 accelerator.backward(loss)
+                step_loss += loss.detach() / accum
                 if accelerator.sync_gradients:
                     lr = lr_at(state.step, cfg.optim, derived.total_steps, derived.warmup_steps)
                     for group in optimizer.param_groups:
@@ -178,8 +180,9 @@ def train(cfg: TrainConfig) -> dict:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
                     # One small all-reduce and one host sync per optimizer step: every rank sees the same
                     # numbers, so a non-finite loss on any rank stops all of them before the bad update.
-                    check = accelerator.reduce(torch.stack([loss.detach(), grad_norm.detach().float()]), "mean")
+                    check = accelerator.reduce(torch.stack([step_loss, grad_norm.detach().float()]), "mean")
                     loss_value, norm_value = check.tolist()
+                    step_loss.zero_()
                     if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
                         bar.close()
                         raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
@@ -225,6 +228,8 @@ def train(cfg: TrainConfig) -> dict:
             append_jsonl(run_dir / "steps.jsonl", step_log)
             append_jsonl(run_dir / "metrics.jsonl", [metrics])
         table.row(metrics, best=improved)
+        for row in step_log:  # per-step curves too, sent once per epoch rather than every step
+            accelerator.log({f"step/{k}": row[k] for k in ("loss", "lr", "grad_norm")}, step=row["step"])
         accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
         if improved or stop or state.epoch == cfg.epochs or state.epoch % cfg.checkpoint_every_epochs == 0:
             save_checkpoint(accelerator, run_dir, state)

@@ -1,0 +1,155 @@
+"""The trainer's invariants: files, exact resume, accumulation, non-finite stop, early stopping, W&B offline."""
+
+import glob
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from vitdist import train as train_mod
+from vitdist.train import Diverged, train
+
+METRIC_FIELDS = {"epoch", "step", "train_loss", "train_acc", "train_clean_loss", "train_clean_acc", "val_loss",
+                 "val_acc", "lr", "grad_norm_mean", "grad_norm_max", "epoch_time_s", "images_per_s"}
+TIMING = {"epoch_time_s", "images_per_s"}
+
+
+def rows(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def weights(run_dir, epoch):
+    return load_file(f"{run_dir}/checkpoints/epoch_{epoch:04d}/model.safetensors")
+
+
+def test_short_run_writes_every_metric_and_the_config(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    results = train(cfg)
+    metrics = rows(tmp_path / "run" / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert set(m) == METRIC_FIELDS
+        assert all(v is not None for v in m.values())
+        assert 0.0 <= m["val_acc"] <= 1.0 and m["grad_norm_max"] >= m["grad_norm_mean"] > 0
+    assert metrics[-1]["step"] == 2 * 8  # 256 train images / global batch 32
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["lr"] == cfg.optim.lr
+    steps = rows(tmp_path / "run" / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 17))
+    assert steps[0]["lr"] == pytest.approx(cfg.optim.lr / 8)  # warmup: 1 epoch = 8 steps
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["best_epoch"] == results["best_epoch"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_exact_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    # Dropout, drop path and augmentation on: the resumed run must restore every RNG, not only the weights.
+    over = dict(epochs=4, model={"dropout": 0.1, "drop_path_rate": 0.1}, data={"augment": True})
+    train(tiny_config(tmp_path / "straight", **over))
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(accelerator, run_dir, state):
+        real_save(accelerator, run_dir, state)
+        if state.epoch == 2:
+            raise Crash  # the machine dies right after epoch 2's checkpoint
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(Crash):
+        train(tiny_config(tmp_path / "resumed", **over))
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert len(rows(tmp_path / "resumed" / "metrics.jsonl")) == 2
+    train(tiny_config(tmp_path / "resumed", resume="auto", **over))
+
+    a, b = weights(tmp_path / "straight", 4), weights(tmp_path / "resumed", 4)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING} for m in ms]  # noqa: E731
+    assert strip(rows(tmp_path / "straight" / "metrics.jsonl")) == strip(rows(tmp_path / "resumed" / "metrics.jsonl"))
+    assert rows(tmp_path / "straight" / "steps.jsonl") == rows(tmp_path / "resumed" / "steps.jsonl")
+
+
+def test_resume_ignores_a_half_written_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=2)
+    train(cfg)
+    half = tmp_path / "run" / "checkpoints" / "epoch_0003"
+    half.mkdir()  # a save that died before train_state.json: not complete
+    (half / "model.safetensors").write_bytes(b"garbage")
+    found = train_mod.find_resume("auto", tmp_path / "run")
+    assert found.name == "epoch_0002"
+
+
+def test_accumulation_equals_the_full_batch(tmp_path):
+    full = tiny_config(tmp_path / "full", epochs=1, data={"augment": False})
+    micro = replace(full, run_dir=str(tmp_path / "micro"), batch=replace(full.batch, micro_batch_size=8))
+    train(full)
+    train(micro)
+    a, b = weights(tmp_path / "full", 1), weights(tmp_path / "micro", 1)
+    # atol 2e-5: the key bias has a true gradient of zero (softmax ignores a constant added to every key), so
+    # its gradient is float round-off, which Adam's normalisation turns into lr-sized steps: ~4e-6 apart here.
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5, msg=k)
+    steps_full, steps_micro = rows(tmp_path / "full" / "steps.jsonl"), rows(tmp_path / "micro" / "steps.jsonl")
+    assert len(steps_micro) == 8  # 8 optimizer steps, not 32
+    for s, t in zip(steps_full, steps_micro):
+        assert t["loss"] == pytest.approx(s["loss"], rel=1e-5)
+        assert t["grad_norm"] == pytest.approx(s["grad_norm"], rel=1e-4)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path / "run", epochs=4)
+    real_forward = train_mod.VisionTransformer.forward
+    calls = {"n": 0}
+
+    def forward(self, x):
+        out = real_forward(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 20:  # epoch 3 (8 steps an epoch)
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+    with pytest.raises(Diverged, match="non-finite loss at epoch 3"):
+        train(cfg)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts[-1] == "epoch_0002"
+    for tensor in weights(tmp_path / "run", 2).values():
+        assert torch.isfinite(tensor).all()
+    assert [m["epoch"] for m in rows(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_early_stopping(tmp_path):
+    # A learning rate too small to move validation accuracy: no improvement after epoch 1.
+    cfg = tiny_config(tmp_path / "run", epochs=10, early_stop_patience=2, optim={"lr": 1e-9, "min_lr": 0.0})
+    results = train(cfg)
+    assert results["stopped_early"]
+    assert results["epochs_run"] < 10
+    assert results["best_epoch"] == results["epochs_run"] - 2
+
+
+def test_mixup_cutmix_reports_clean_train_accuracy(tmp_path):
+    train(tiny_config(tmp_path / "run", epochs=1, data={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}))
+    (m,) = rows(tmp_path / "run" / "metrics.jsonl")
+    assert m["train_acc"] is None and 0.0 <= m["train_clean_acc"] <= 1.0
+
+
+def test_wandb_offline_logs_every_metric(tmp_path, monkeypatch):
+    from wandb_offline import config, history
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(tiny_config(tmp_path / "run", log={"wandb": True, "wandb_name": "t", "wandb_tags": ("ci",)}))
+    (path,) = glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    hist = history(path)
+    epoch_rows = [h for h in hist if "val_acc" in h]
+    assert [h["epoch"] for h in epoch_rows] == [1, 2]
+    assert METRIC_FIELDS <= set(epoch_rows[0])
+    assert [h["_step"] for h in epoch_rows] == [8, 16]  # the step axis is the optimizer step
+    assert any("step/loss" in h for h in hist)
+    assert config(path)["optim.lr"] == 1e-3
