@@ -176,6 +176,8 @@ class BatchConfig:
     micro_batch_size: Optional[int] = None
     """Images per process per forward pass; None is global / processes (no accumulation).
     Accumulation steps = global / (micro x processes)."""
+    auto: bool = False
+    """Measure the largest micro-batch that fits at start (cached) and accumulate to keep the global batch."""
 
     def __post_init__(self):
         _positive(self.global_batch_size, "--batch.global-batch-size")
