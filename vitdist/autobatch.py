@@ -1,0 +1,697 @@
+"""`vitdist autobatch`: the largest micro-batch that fits on this GPU, measured, beside an analytic estimate.
+
+    vitdist autobatch --preset base --precision bf16 [--zero-stage 2] [--global-batch 1024] [train flags]
+    accelerate launch --config_file configs/zero2.yaml -m vitdist.autobatch --preset base   # every rank measures
+
+The measurement runs real training steps (forward, backward, clipping, AdamW) of the config's model at its
+precision, growing the micro-batch by doubling until a step runs out of memory, then bisecting. Each trial's
+verdict is the minimum over all ranks, so every rank walks the same search and ends with the same answer.
+SAFETY_MARGIN is then taken off. Results are cached per GPU, model, precision and ZeRO stage in
+~/.cache/vitdist/autobatch.json (VITDIST_CACHE_DIR moves it).
+
+The trainer's --batch.auto calls resolve_micro_batch(); next_plan_after_oom() is its fallback when a step
+still runs out of memory later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+from .config import ConfigError, ModelConfig, TrainConfig, UserError
+
+# The probe's step is the training step without what a long run adds: Mixup/CutMix soft targets, allocator
+# fragmentation after thousands of steps, evaluation and checkpoint buffers, DDP/DeepSpeed buckets, other
+# processes on the GPU. 10% is headroom for these, chosen, not measured: raise --safety-margin if a long run
+# still runs out of memory (the trainer then halves the micro-batch: next_plan_after_oom).
+SAFETY_MARGIN = 0.10
+# The flash and memory-efficient attention kernels launch the batch on a CUDA grid axis: at most 65,535.
+CUDA_MAX_BATCH = 65535
+DEFAULT_MAX_BATCH = 32768
+# Bucket sizes (elements) of configs/ds_zero*.json: DeepSpeed keeps buffers of this size on the GPU.
+DEEPSPEED_BUCKET_ELEMENTS = 50_000_000
+GB = 1e9  # decimal, as GPU makers and the checklist's table count
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
+
+
+# --- the search: a pure function of try_batch
+
+@dataclass(frozen=True)
+class SearchResult:
+    largest: int  # largest micro-batch whose step ran on every rank; 0 when not even 1 did
+    capped: bool  # the search reached max_batch: more may fit
+    trials: tuple[tuple[int, bool], ...]  # (batch, fitted on every rank), in order
+
+
+def find_max_batch(try_batch: Callable[[int], bool], max_batch: int, *, tolerance: float = 0.0,
+                   reduce_min: Optional[Callable[[int], int]] = None) -> SearchResult:
+    """Largest b in [1, max_batch] for which try_batch(b) holds: double from 1, then bisect.
+
+    try_batch returns False or raises torch.OutOfMemoryError when b does not fit. Each verdict goes through
+    reduce_min (default: the minimum over torch.distributed ranks when initialised) so that all ranks agree
+    on every step of the search. Bisection stops once the bracket is within `tolerance` of the lower end.
+    """
+    reduce_min = reduce_min or all_ranks_min()
+    trials = []
+
+    def fits(b: int) -> bool:
+        try:
+            ok = bool(try_batch(b))
+        except torch.OutOfMemoryError:
+            ok = False
+        ok = bool(reduce_min(int(ok)))
+        trials.append((b, ok))
+        return ok
+
+    lo, b = 0, 1  # lo: largest known to fit
+    while fits(b):
+        lo = b
+        if b >= max_batch:
+            return SearchResult(lo, True, tuple(trials))
+        b = min(2 * b, max_batch)
+    hi = b  # smallest known not to fit
+    while hi - lo > max(1, int(lo * tolerance)):
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return SearchResult(lo, False, tuple(trials))
+
+
+def all_ranks_min(device: Optional[torch.device] = None) -> Callable[[int], int]:
+    """v -> the minimum of v over all ranks (torch.distributed all_reduce MIN); v itself without a group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return lambda v: v
+    on = torch.device("cpu")
+    if "gloo" not in str(dist.get_backend()):  # NCCL reduces CUDA tensors only
+        on = device if device is not None and device.type == "cuda" else torch.device("cuda",
+                                                                                     torch.cuda.current_device())
+
+    def reduce(v: int) -> int:
+        t = torch.tensor([v], dtype=torch.int64, device=on)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
+    return reduce
+
+
+def with_margin(largest: int, margin: float = SAFETY_MARGIN) -> int:
+    """The micro-batch to use: the largest that ran, less the safety margin (at least 1 when anything ran)."""
+    return max(1, math.floor(largest * (1 - margin) + 1e-9)) if largest > 0 else 0
+
+
+def search_cap(per_rank_batch: int, margin: float = SAFETY_MARGIN) -> int:
+    """Search no further than needed: the smallest batch whose margin-reduced size is the whole per-rank batch."""
+    cap = math.ceil(per_rank_batch / (1 - margin))
+    while cap > 1 and with_margin(cap - 1, margin) >= per_rank_batch:
+        cap -= 1
+    while with_margin(cap, margin) < per_rank_batch:
+        cap += 1
+    return min(CUDA_MAX_BATCH, cap)
+
+
+# --- plans: micro-batch x accumulation x processes = global batch
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    best = 1
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            for c in (d, n // d):
+                if best < c <= limit:
+                    best = c
+    return best
+
+
+def per_rank_batch(global_batch: int, world_size: int, flag: str = "--batch.global-batch-size") -> int:
+    if global_batch < world_size:
+        raise UserError(f"{flag} {global_batch} is smaller than {world_size} processes: each process needs at "
+                        f"least one sample per step; use {world_size} or more")
+    if global_batch % world_size:
+        raise UserError(f"{flag} {global_batch} is not divisible by {world_size} processes: use a multiple "
+                        f"of {world_size}")
+    return global_batch // world_size
+
+
+def check_micro_batch(global_batch: int, micro_batch: int, world_size: int,
+                      flag: str = "--batch.global-batch-size") -> None:
+    """A user-given micro-batch must tile the global batch over the processes."""
+    if global_batch < micro_batch * world_size:
+        raise UserError(f"{flag} {global_batch} is smaller than --batch.micro-batch-size {micro_batch} x "
+                        f"{world_size} processes = {micro_batch * world_size}: raise the global batch or lower "
+                        f"the micro-batch")
+    if global_batch % (micro_batch * world_size):
+        raise UserError(f"{flag} {global_batch} is not divisible by --batch.micro-batch-size {micro_batch} x "
+                        f"{world_size} processes: use a multiple of {micro_batch * world_size}")
+
+
+def plan_batches(global_batch: int, max_micro: int, world_size: int,
+                 flag: str = "--batch.global-batch-size") -> tuple[int, int]:
+    """(micro-batch, accumulation steps): the largest micro-batch <= max_micro that divides the per-rank batch."""
+    per_rank = per_rank_batch(global_batch, world_size, flag)
+    micro = largest_divisor_at_most(per_rank, max(1, max_micro))
+    return micro, per_rank // micro
+
+
+def next_plan_after_oom(micro: int, accum: int) -> tuple[int, int]:
+    """After a step ran out of memory: half the micro-batch (or the next divisor below), the same global batch.
+
+    micro x accum (the per-rank batch) is unchanged. Below a micro-batch of 1 there is nothing left to try.
+    """
+    if micro <= 1:
+        raise UserError(f"out of memory at micro-batch 1 (x {accum} accumulation steps): nothing left to halve; "
+                        f"use --precision bf16, a smaller model (--model.embed-dim, --model.num-layers), or "
+                        f"ZeRO-3 with CPU offload (launch/deepspeed.sh 3-offload)")
+    per_rank = micro * accum
+    smaller = largest_divisor_at_most(per_rank, micro // 2)
+    return smaller, per_rank // smaller
+
+
+# --- the analytic estimate
+
+def vit_param_counts(m: ModelConfig, num_classes: int) -> tuple[int, int]:
+    """(all parameters, those in matrices): matrices are what autocast copies to 16 bits for each step."""
+    d, f, L = m.embed_dim, m.dim_feedforward, m.num_layers
+    matrices = m.in_channels * m.patch_size ** 2 * d + L * (4 * d * d + 2 * d * f) + d * num_classes
+    vectors = (d  # patch bias
+               + d + (m.num_patches + 1) * d  # class token, positions
+               + L * (3 * d + d + f + d + 4 * d)  # qkv, proj, fc1, fc2 biases; two LayerNorms
+               + 2 * d + num_classes)  # final norm, head bias
+    return matrices + vectors, matrices
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of one training step on one rank, as three groups of named parts."""
+
+    fixed: dict[str, float]  # held through the forward pass, whatever the batch
+    step_only: dict[str, float]  # added around the optimizer step, when the activations are gone
+    per_sample: dict[str, float]  # grows with the micro-batch
+    assumption: str  # the kernels and dtypes assumed, printed with the figures
+
+    def peak(self, batch: int) -> float:
+        forward = sum(self.fixed.values()) + batch * sum(self.per_sample.values())
+        return max(forward, sum(self.fixed.values()) + sum(self.step_only.values()))
+
+    def max_batch(self, budget: float) -> int:
+        room = budget - sum(self.fixed.values())
+        if room < sum(self.step_only.values()):
+            return 0
+        return int(room // sum(self.per_sample.values()))
+
+
+def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage: int = 0, world_size: int = 1,
+                    offload: bool = False, device_type: str = "cuda") -> MemoryEstimate:
+    """Weights, gradients, AdamW state (by precision, ZeRO stage and world size) and activations per sample.
+
+    Stage 0 is what accelerate does without DeepSpeed: fp32 weights, autocast to 16 bits inside the forward
+    pass (which saves 16-bit copies of the weights for backward). Stages 1-3 follow DeepSpeed: the model itself
+    in 16 bits, fp32 master weights and AdamW moments sharded over the ranks (ZeRO paper, sec. 5).
+    Activations count what autograd saves in the model as written (model.py), checked on CPU against the saved
+    tensors themselves. On CUDA, SDPA's flash and memory-efficient kernels keep no tokens x tokens matrix (only
+    q, k, v, the output and a log-sum-exp), and dropout keeps a 1-byte mask; on CPU with dropout, SDPA falls
+    back to its math kernel, which keeps fp32 copies and three tokens x tokens tensors per head.
+    """
+    params, matrices = vit_param_counts(m, num_classes)
+    mixed = precision in ("bf16", "fp16")
+    n = world_size
+    fixed, step_only = {}, {}
+    if zero_stage == 0:
+        r, a = 4, (2 if mixed else 4)  # residual stream bytes, matmul output bytes
+        fixed["weights (fp32)"] = 4 * params
+        fixed["AdamW moments (fp32)"] = 8 * params
+        if mixed:
+            fixed["16-bit weight copies (autocast)"] = 2 * matrices
+        if n > 1:
+            fixed["DDP gradient buckets"] = 4 * params
+        step_only["gradients (fp32)"] = 4 * params
+        step_only["AdamW temporaries"] = 4 * params
+    else:
+        r = a = wb = 2 if mixed else 4  # DeepSpeed runs the whole model in its dtype
+        bucket = 2 * min(DEEPSPEED_BUCKET_ELEMENTS, params) * wb
+        if offload:
+            fixed["DeepSpeed buckets (weights, gradients and AdamW in CPU memory)"] = bucket
+        else:
+            fixed[f"weights ({8 * wb}-bit{', 1/%d' % n if zero_stage == 3 and n > 1 else ''})"] = (
+                wb * params / (n if zero_stage == 3 else 1))
+            fixed[f"gradients{' 1/%d' % n if zero_stage >= 2 and n > 1 else ''}"] = (
+                wb * params / (n if zero_stage >= 2 else 1))
+            fixed[f"fp32 master + AdamW{' 1/%d' % n if n > 1 else ''}"] = (12 if mixed else 8) * params / n
+            fixed["DeepSpeed buckets"] = bucket
+            step_only["AdamW temporaries"] = 4 * params / n
+    T, d, f, h, L = m.num_patches + 1, m.embed_dim, m.dim_feedforward, m.num_heads, m.num_layers
+    cuda = device_type == "cuda"
+    dropout = m.dropout > 0
+    mask = (1 if cuda else a) if dropout else 0  # CUDA's dropout keeps a bool mask, the CPU's one of x's dtype
+    res_mask = (1 if cuda else r) if dropout else 0
+    if cuda or not dropout:
+        attention = 3 * a * T * d + 4 * h * T  # q, k, v (views of the qkv output), log-sum-exp
+        kernel = "SDPA flash/memory-efficient attention (no tokens^2 matrix)"
+    else:
+        attention = 12 * T * d + 12 * h * T * T  # fp32 q, k, v copies; softmax, dropout mask, dropped weights
+        kernel = "SDPA math attention on CPU (tokens^2 terms included)"
+    # Per block: two LayerNorm inputs (r each); qkv input, projection input, fc1 input (a each); two
+    # dropout masks; fc1 output, its dropout mask, fc2 input.
+    block = T * d * (2 * r + 3 * a + 2 * mask) + T * f * (2 * a + mask) + attention
+    pixels = m.in_channels * m.img_size ** 2
+    edges = (a * pixels if a != 4 else 0) + res_mask * T * d + r * T * d + 12 * num_classes
+    per_sample = {"activations saved for backward": L * block + edges,
+                  "input batch (fp32)": 4 * pixels,
+                  "backward working memory": r * T * d}
+    if zero_stage == 0:
+        dtypes = f"{precision} autocast over fp32 weights" if mixed else "fp32"
+    else:
+        dtypes = (f"DeepSpeed ZeRO-{zero_stage}{' + offload' if offload else ''}, "
+                  f"the model in {precision if mixed else 'fp32'}")
+    return MemoryEstimate(fixed, step_only, per_sample, f"{kernel}; {dtypes}")
+
+
+# --- the measurement: real steps on the GPU
+
+class StepProbe:
+    """try_batch for the search: one real training step at batch b; records each batch's peak memory."""
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, device: torch.device):
+        from .model import VisionTransformer
+        from .optim import build_optimizer
+
+        self.cfg, self.num_classes, self.device = cfg, num_classes, device
+        self.model = VisionTransformer.from_config(cfg.model, num_classes).to(device).train()
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        self.peaks: dict[int, int] = {}
+        self(1)  # the first step creates AdamW's moments: every later trial holds them, as training does
+
+    def step(self, b: int) -> None:
+        """Forward, backward, clip, AdamW: as train.py does it under accelerate, without the data loader."""
+        m = self.cfg.model
+        x = torch.randn(b, m.in_channels, m.img_size, m.img_size, device=self.device)
+        y = torch.randint(0, self.num_classes, (b,), device=self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm or math.inf)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self, b: int) -> bool:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.empty_cache()  # start each trial unfragmented, as a fresh run does
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            self.step(b)
+        except torch.OutOfMemoryError:
+            ok = False
+        else:
+            ok = True
+            if cuda:
+                self.peaks[b] = torch.cuda.max_memory_allocated(self.device)
+        # Out of the except block, the traceback (and the tensors its frames hold) is gone.
+        self.optimizer.zero_grad(set_to_none=True)
+        if not ok and cuda:
+            gc.collect()  # in case a reference cycle still holds some of the failed step's tensors
+            torch.cuda.empty_cache()
+        return ok
+
+    def close(self) -> None:
+        del self.model, self.optimizer
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    largest: int  # largest micro-batch whose step ran (on every rank); 0: not even 1
+    capped: bool  # the search stopped at its cap: more may fit
+    peak_bytes: Optional[int]  # torch.cuda.max_memory_allocated during the step at `largest`
+    trials: int
+    seconds: float
+    cached: bool = False
+
+
+def measure(cfg: TrainConfig, num_classes: int, device: torch.device, max_batch: int,
+            memory_gb: Optional[float] = None, tolerance: float = 1 / 32,
+            reduce_min: Optional[Callable[[int], int]] = None, progress: bool = False) -> Measurement:
+    """Search for the largest micro-batch on `device` (a GPU), within memory_gb if given."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    if memory_gb is not None:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * GB / total), device)
+    bar = tqdm(desc="autobatch trials", unit="trial", leave=False, disable=not (progress and sys.stderr.isatty()))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave the run's RNG alone
+        probe = StepProbe(cfg, num_classes, device)
+        try:
+            def try_batch(b: int) -> bool:
+                bar.set_postfix(batch=b)
+                bar.update(1)
+                return probe(b)
+
+            result = find_max_batch(try_batch, max_batch, tolerance=tolerance,
+                                    reduce_min=reduce_min or all_ranks_min(device))
+            peak = probe.peaks.get(result.largest)
+        finally:
+            bar.close()
+            probe.close()
+            if memory_gb is not None:
+                torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return Measurement(result.largest, result.capped, peak, len(result.trials), time.perf_counter() - t0)
+
+
+# --- the cache: ~/.cache/vitdist/autobatch.json, {key: measurement}
+
+def cache_path() -> Path:
+    return Path(os.environ.get("VITDIST_CACHE_DIR") or "~/.cache/vitdist").expanduser() / "autobatch.json"
+
+
+def cache_key(gpu: str, memory_bytes: float, m: ModelConfig, num_classes: int, precision: str, zero_stage: int,
+              offload: bool = False) -> str:
+    dims = (f"img{m.img_size} patch{m.patch_size} ch{m.in_channels} d{m.embed_dim} L{m.num_layers} "
+            f"h{m.num_heads} ffn{m.dim_feedforward} cls{num_classes} dropout{int(m.dropout > 0)}")
+    return (f"{gpu} {memory_bytes / GB:.1f}GB | {dims} | {precision} | zero{zero_stage}{'+offload' * offload} | "
+            f"torch {torch.__version__}")
+
+
+def read_cache(key: str) -> Optional[dict]:
+    try:
+        entry = json.loads(cache_path().read_text()).get(key)
+        return entry if isinstance(entry, dict) and isinstance(entry.get("largest"), int) else None
+    except (OSError, ValueError, AttributeError):
+        return None  # no cache yet, or a damaged one: measure
+
+
+def write_cache(key: str, measurement: Measurement) -> None:
+    path = cache_path()
+    try:
+        entries = json.loads(path.read_text())
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = {"largest": measurement.largest, "capped": measurement.capped,
+                    "peak_bytes": measurement.peak_bytes, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(entries, indent=2) + "\n")
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def measure_cached(cfg: TrainConfig, num_classes: int, device: torch.device, max_batch: int, zero_stage: int = 0,
+                   offload: bool = False, memory_gb: Optional[float] = None, refresh: bool = False,
+                   reduce_min: Optional[Callable[[int], int]] = None, progress: bool = False) -> Measurement:
+    """measure(), or the cached result for this GPU, model, precision and stage when it covers max_batch.
+
+    Every rank must call it: whether to use the cache is agreed over all ranks before any measuring.
+    """
+    reduce_min = reduce_min or all_ranks_min(device)
+    memory = memory_gb * GB if memory_gb else torch.cuda.get_device_properties(device).total_memory
+    key = cache_key(torch.cuda.get_device_name(device), memory, cfg.model, num_classes, cfg.precision,
+                    zero_stage, offload)
+    entry = None if refresh else read_cache(key)
+    usable = entry is not None and (not entry.get("capped") or entry["largest"] >= max_batch)
+    if reduce_min(int(usable)):
+        return Measurement(reduce_min(entry["largest"]), bool(entry.get("capped")), entry.get("peak_bytes"), 0,
+                           0.0, cached=True)
+    result = measure(cfg, num_classes, device, max_batch, memory_gb, reduce_min=reduce_min, progress=progress)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        write_cache(key, result)
+    return result
+
+
+# --- the trainer's hooks
+
+def resolve_micro_batch(cfg: TrainConfig, world_size: int, device, zero_stage: int = 0,
+                        log: Callable[[str], None] = print) -> int:
+    """--batch.auto: the micro-batch for this run, the same on every rank (every rank must call it).
+
+    On a GPU: the cached or measured largest micro-batch (searched up to the per-rank batch), less
+    SAFETY_MARGIN, rounded down to a divisor of the per-rank batch; accumulation = per-rank batch / micro.
+    Without a GPU there is nothing to measure: the whole per-rank batch, no accumulation.
+    """
+    if cfg.batch.micro_batch_size is not None:
+        raise UserError(f"--batch.auto measures the micro-batch: drop --batch.micro-batch-size "
+                        f"{cfg.batch.micro_batch_size}, or drop --batch.auto to keep it")
+    per_rank = per_rank_batch(cfg.batch.global_batch_size, world_size)
+    device = torch.device(device)
+    if device.type != "cuda":
+        log(f"--batch.auto: no GPU, nothing to measure: micro-batch {per_rank} (global / {world_size} processes)")
+        return per_rank
+    check_precision(cfg.precision, device)
+    num_classes = classes_of(cfg)
+    m = measure_cached(cfg, num_classes, device, search_cap(per_rank), zero_stage)
+    if m.largest == 0:
+        raise UserError(f"--batch.auto: even a micro-batch of 1 runs out of memory on "
+                        f"{torch.cuda.get_device_name(device)}: use --precision bf16, a smaller model, or ZeRO-3 "
+                        f"with CPU offload (launch/deepspeed.sh 3-offload)")
+    micro, accum = plan_batches(cfg.batch.global_batch_size, with_margin(m.largest), world_size)
+    how = "cached" if m.cached else f"measured in {m.seconds:.0f} s"
+    log(f"--batch.auto: largest micro-batch that ran: {m.largest}{'+' if m.capped else ''} ({how}, "
+        f"{cache_path()}); less {SAFETY_MARGIN:.0%}: micro-batch {micro} x {accum} accumulation x "
+        f"{world_size} processes = global batch {cfg.batch.global_batch_size}")
+    return micro
+
+
+# --- the command
+
+@dataclass(frozen=True)
+class AutobatchArgs:
+    train: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
+    zero_stage: Optional[int] = None
+    """DeepSpeed ZeRO stage the run will use: 0 (DDP, nothing sharded), 1, 2 or 3. Default: the --config-file's,
+    else 0. The measurement itself runs without DeepSpeed (a lower bound for every stage); the estimate shows
+    what the stage saves."""
+    offload: bool = False
+    """ZeRO with parameters and optimizer state in CPU memory (as configs/zero3_offload.yaml)."""
+    config_file: Optional[str] = None
+    """An accelerate config (configs/*.yaml): its ZeRO stage and offload apply."""
+    global_batch: Optional[int] = None
+    """The global batch to plan for; default: --batch.global-batch-size."""
+    num_processes: Optional[int] = None
+    """Processes (GPUs) the run will use; default: WORLD_SIZE under a launcher, else 1."""
+    memory_gb: Optional[float] = None
+    """Measure as if the GPU had only this much memory (GB): to plan for a smaller card, or leave room."""
+    max_batch: int = DEFAULT_MAX_BATCH
+    """Largest micro-batch tried (at most 65,535: CUDA's attention kernels put the batch on a grid axis)."""
+    safety_margin: float = SAFETY_MARGIN
+    """Share taken off the largest micro-batch that ran (fragmentation, evaluation, other processes)."""
+    refresh: bool = False
+    """Measure again even when the cache holds a result for this GPU, model, precision and stage."""
+
+    def __post_init__(self):
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"--zero-stage {self.zero_stage} is not a ZeRO stage: choose 0 (DDP), 1, 2 or 3")
+        if self.config_file is not None and not Path(self.config_file).is_file():
+            raise ConfigError(f"--config-file {self.config_file} does not exist: pass an accelerate config such "
+                              f"as configs/zero2.yaml")
+        for name in ("global_batch", "num_processes", "memory_gb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if not 1 <= self.max_batch <= CUDA_MAX_BATCH:
+            raise ConfigError(f"--max-batch must be in [1, {CUDA_MAX_BATCH}], got {self.max_batch}")
+        if not 0 <= self.safety_margin < 1:
+            raise ConfigError(f"--safety-margin must be in [0, 1), got {self.safety_margin}")
+
+
+def parse_args(argv: list[str] | None) -> AutobatchArgs:
+    from .presets import PRESETS, get_preset
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="tiny")
+    known, rest = pre.parse_known_args(argv)
+    return tyro.cli(AutobatchArgs, default=AutobatchArgs(train=get_preset(known.preset)), args=rest,
+                    prog="vitdist autobatch",
+                    description=f"Measure the largest micro-batch that fits and plan accumulation. --preset NAME "
+                                f"picks the model ({', '.join(PRESETS)}; now: {known.preset}); train flags "
+                                f"override it.")
+
+
+def read_zero_config(path: str) -> tuple[int, bool]:
+    """(ZeRO stage, offload) of an accelerate config YAML: 0 unless it is a DeepSpeed one."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config-file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict) or str(cfg.get("distributed_type")).upper() != "DEEPSPEED":
+        return 0, False
+    ds = cfg.get("deepspeed_config") or {}
+    if ds.get("deepspeed_config_file"):
+        json_path = Path(ds["deepspeed_config_file"])
+        if not json_path.is_file():  # configs/*.yaml name their JSON from the repository root
+            json_path = Path(path).resolve().parent.parent / json_path
+        if not json_path.is_file():
+            raise ConfigError(f"--config-file {path} names deepspeed_config_file {ds['deepspeed_config_file']}, "
+                              f"which does not exist")
+        zero = json.loads(json_path.read_text()).get("zero_optimization", {})
+        stage = zero.get("stage", 0)
+        offload = any(str(zero.get(k, {}).get("device", "none")) not in ("none", "None")
+                      for k in ("offload_param", "offload_optimizer"))
+    else:
+        stage = ds.get("zero_stage", 2)
+        offload = any(str(ds.get(k, "none")) != "none" for k in ("offload_param_device", "offload_optimizer_device"))
+    return int(stage), offload
+
+
+def classes_of(cfg: TrainConfig) -> int:
+    return cfg.model.num_classes or DATASET_CLASSES.get(cfg.data.name, 10)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA GPU (it relies on loss scaling) and there is none here: "
+                        "use --precision bf16 or no")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} cannot run bf16 (it needs compute "
+                        f"capability 8.0+): use --precision fp16")
+
+
+def human(n: float) -> str:
+    for unit, size in (("GB", GB), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def print_estimate(say, est: MemoryEstimate, batch: int, measured_peak: Optional[int] = None) -> None:
+    say(f"  memory at micro-batch {batch:,} (analytic; assumes {est.assumption}):")
+    for name, value in est.fixed.items():
+        say(f"    {name:<44} {human(value):>10}")
+    for name, value in est.per_sample.items():
+        say(f"    {name:<44} {human(batch * value):>10}   ({human(value)} per sample)")
+    for name, value in est.step_only.items():
+        say(f"    {name + ' (optimizer step only)':<44} {human(value):>10}")
+    line = f"    {'estimated peak':<44} {human(est.peak(batch)):>10}"
+    if measured_peak:
+        line += (f"   measured peak (torch.cuda.max_memory_allocated) {human(measured_peak)}, "
+                 f"estimate/measured {est.peak(batch) / measured_peak:.2f}")
+    say(line)
+
+
+def run(args: AutobatchArgs) -> int:
+    cfg = args.train
+    stage, offload = read_zero_config(args.config_file) if args.config_file else (0, False)
+    stage = stage if args.zero_stage is None else args.zero_stage
+    offload = offload or args.offload
+    if offload and stage == 0:
+        raise ConfigError("--offload needs DeepSpeed: add --zero-stage 3 (as configs/zero3_offload.yaml)")
+    world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    flag = "--global-batch" if args.global_batch else "--batch.global-batch-size"
+    global_batch = args.global_batch or cfg.batch.global_batch_size
+    if cfg.batch.micro_batch_size is not None:
+        check_micro_batch(global_batch, cfg.batch.micro_batch_size, world, flag)
+    per_rank = per_rank_batch(global_batch, world, flag)
+
+    say = print
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher: one group, one GPU per rank
+        from accelerate import PartialState
+
+        state = PartialState()
+        device, say = state.device, (print if state.is_main_process else (lambda *a, **k: None))
+    else:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device(
+            "cpu")
+    check_precision(cfg.precision, device)
+    m, k = cfg.model, classes_of(cfg)
+    params, _ = vit_param_counts(m, k)
+    say(f"model: ViT {m.embed_dim}/{m.num_layers}/{m.num_heads}/{m.dim_feedforward}, patch {m.patch_size} on "
+        f"{m.img_size}px = {m.num_patches + 1} tokens, {params / 1e6:.2f}M parameters, {k} classes; precision "
+        f"{cfg.precision}; ZeRO stage {stage}{' + CPU offload' if offload else ''}; {world} process(es)")
+    planned = estimate_memory(m, k, cfg.precision, stage, world, offload, device.type)
+
+    from .recommend import BATCH_BY_GPU_MEMORY_GB, batch_guess
+
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = args.memory_gb * GB if args.memory_gb else total
+        say(f"device: {torch.cuda.get_device_name(device)}, {total / GB:.1f} GB total, {free / GB:.1f} GB free"
+            + (f"; measuring within {args.memory_gb:g} GB (--memory-gb)" if args.memory_gb else ""))
+        guess = batch_guess(budget / GB)
+        say(f"checklist table: {f'micro-batch {guess[0]}-{guess[1]}' if guess else 'below 4 GB: no row'} for "
+            f"{budget / GB:.0f} GB (a starting guess)")
+        # Up to --max-batch, not only what this global batch needs: the card's real limit is the news here.
+        meas = measure_cached(cfg, k, device, args.max_batch, stage, offload, args.memory_gb, args.refresh, progress=True)
+        if meas.largest == 0:
+            raise UserError(f"even a micro-batch of 1 runs out of memory on {torch.cuda.get_device_name(device)}: "
+                            f"use --precision bf16, a smaller model, or --zero-stage 3 --offload")
+        how = (f"cached in {cache_path()} (--refresh to measure again)" if meas.cached
+               else f"{meas.trials} trials in {meas.seconds:.0f} s, doubling then bisecting")
+        say(f"measured: largest micro-batch whose step ran (forward, backward, clip, AdamW; no DeepSpeed), "
+            f"minimum over ranks: {meas.largest:,}{' (the search cap, --max-batch: more may fit)' if meas.capped else ''}"
+            f" [{how}]")
+        safe = with_margin(meas.largest, args.safety_margin)
+        say(f"less the {args.safety_margin:.0%} safety margin: micro-batch {safe:,}")
+        as_measured = estimate_memory(m, k, cfg.precision, 0, 1, False, "cuda")
+        print_estimate(say, as_measured, meas.largest, meas.peak_bytes)
+        if stage or world > 1:
+            say(f"  the run ({f'ZeRO-{stage}' if stage else 'DDP'}{' + offload' if offload else ''} over {world} "
+                f"process(es)), analytic: largest micro-batch within {budget / GB:.0f} GB "
+                f"~{planned.max_batch(budget):,} (the measured {meas.largest:,} ran without it: a lower bound)")
+            print_estimate(say, planned, safe)
+    else:
+        say("device: no GPU (CPU only): nothing to measure; what follows is estimated, not measured")
+        rows = ", ".join(f"{gb:g} GB{'+' if i == 0 else ''}: {lo}-{hi}"
+                         for i, (gb, (lo, hi)) in enumerate(BATCH_BY_GPU_MEMORY_GB))
+        say(f"checklist table (by GPU memory; no GPU here to pick a row): {rows}")
+        budget = available_memory() / 2
+        safe = min(planned.max_batch(budget), CUDA_MAX_BATCH)
+        say(f"CPU estimate (analytic, not measured): half the available RAM ({budget / GB:.1f} GB) holds a "
+            f"micro-batch of ~{safe:,}")
+        print_estimate(say, planned, max(1, min(safe, per_rank)))
+        if safe == 0:
+            raise UserError(f"the CPU estimate leaves no room for even one sample in {budget / GB:.1f} GB")
+    micro, accum = plan_batches(global_batch, safe, world, flag)
+    say(f"plan: global batch {global_batch} = {world} process(es) x micro-batch {micro} x {accum} accumulation "
+        f"step(s)")
+    say(f"flags: --batch.global-batch-size {global_batch} --batch.micro-batch-size {micro}"
+        f"   (or let the trainer measure at start: --batch.auto)")
+    return 0
+
+
+def available_memory() -> float:
+    """Bytes the system can still give (MemAvailable), for the CPU estimate."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import exit_on_user_error
+
+    with exit_on_user_error():
+        return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
