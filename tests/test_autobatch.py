@@ -160,10 +160,12 @@ def test_oom_fallback_keeps_the_global_batch_until_one():
             assert "micro-batch 1" in str(e) and micro == 1
             break
         assert new[0] * new[1] == micro * accum and new[0] <= micro // 2
+        assert micro % new[0] == 0  # the loader's batches split into whole chunks
         seen.append(new)
         micro, accum = new
     assert seen[:3] == [(128, 4), (64, 8), (32, 16)] and seen[-1] == (1, 512)
-    assert ab.next_plan_after_oom(12, 1) == (6, 2) and ab.next_plan_after_oom(3, 4) == (1, 12)
+    assert ab.next_plan_after_oom(12, 1) == (6, 2) and ab.next_plan_after_oom(9, 4) == (3, 12)
+    assert ab.next_plan_after_oom(7, 2) == (1, 14)
 
 
 # --- the analytic estimate
@@ -395,6 +397,10 @@ def test_cli_report_on_a_fake_gpu(capsys, fake_gpu):
     assert code == 0 and f"minimum over ranks: {largest:,} [cached in" in out
     code, out, err = run_main(capsys, *args, "--zero-stage", "3")  # another stage: another cache entry
     assert "cached" not in out and "ZeRO-3 over 2 process(es)" in out
+    cfg = replace(PRESETS["base"][1], precision="bf16")
+    ab.note_oom(cfg, "cuda", 1000)  # a long run ran out of memory at 1000: the next --batch.auto starts below
+    code, out, err = run_main(capsys, *args)
+    assert "minimum over ranks: 999 [cached in" in out
 
 
 @pytest.mark.parametrize("args,flag", [

@@ -9,8 +9,8 @@ verdict is the minimum over all ranks, so every rank walks the same search and e
 SAFETY_MARGIN is then taken off. Results are cached per GPU, model, precision and ZeRO stage in
 ~/.cache/vitdist/autobatch.json (VITDIST_CACHE_DIR moves it).
 
-The trainer's --batch.auto calls resolve_micro_batch(); next_plan_after_oom() is its fallback when a step
-still runs out of memory later.
+The trainer's --batch.auto calls resolve_micro_batch(); next_plan_after_oom() and note_oom() are its fallback
+when a step still runs out of memory later.
 """
 
 from __future__ import annotations
@@ -168,17 +168,18 @@ def plan_batches(global_batch: int, max_micro: int, world_size: int,
 
 
 def next_plan_after_oom(micro: int, accum: int) -> tuple[int, int]:
-    """After a step ran out of memory: half the micro-batch (or the next divisor below), the same global batch.
+    """After a step ran out of memory: the largest divisor of the micro-batch up to half of it, and the
+    accumulation that keeps the global batch (a power of two halves; 12 -> 6; 9 -> 3; 7 -> 1).
 
-    micro x accum (the per-rank batch) is unchanged. Below a micro-batch of 1 there is nothing left to try.
+    The new micro-batch divides the old one, so each batch the loader already yields splits into whole
+    chunks (x.split(micro)) and the data order stays that of the run. Below 1: nothing left to try.
     """
     if micro <= 1:
         raise UserError(f"out of memory at micro-batch 1 (x {accum} accumulation steps): nothing left to halve; "
                         f"use --precision bf16, a smaller model (--model.embed-dim, --model.num-layers), or "
                         f"ZeRO-3 with CPU offload (launch/deepspeed.sh 3-offload)")
-    per_rank = micro * accum
-    smaller = largest_divisor_at_most(per_rank, micro // 2)
-    return smaller, per_rank // smaller
+    smaller = largest_divisor_at_most(micro, micro // 2)
+    return smaller, accum * (micro // smaller)
 
 
 # --- the analytic estimate
@@ -475,6 +476,19 @@ def resolve_micro_batch(cfg: TrainConfig, world_size: int, device, zero_stage: i
         f"{cache_path()}); less {SAFETY_MARGIN:.0%}: micro-batch {micro} x {accum} accumulation x "
         f"{world_size} processes = global batch {cfg.batch.global_batch_size}")
     return micro
+
+
+def note_oom(cfg: TrainConfig, device, micro_batch: int, zero_stage: int = 0) -> None:
+    """A training step ran out of memory at micro_batch: lower the cached result so that the next --batch.auto
+    run (a restart with --resume auto, say) starts below it. Call it on the rank that hit the error."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    key = cache_key(torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory,
+                    cfg.model, classes_of(cfg), cfg.precision, zero_stage)
+    entry = read_cache(key)
+    if entry is None or entry["largest"] >= micro_batch:
+        write_cache(key, Measurement(micro_batch - 1, False, None, 0, 0.0))
 
 
 # --- the command
