@@ -24,9 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(*args, num_processes: int, extra=(), timeout=300):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    multi = ["--multi_gpu"] if num_processes > 1 else []
+def accelerate_launch(*args, num_processes: int, extra=(), timeout=300, env_extra=None):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    multi = ["--multi_gpu"] if num_processes > 1 and "--use_deepspeed" not in extra else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *multi, "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), *extra, *args]

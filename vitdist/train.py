@@ -101,6 +101,11 @@ def train(cfg: TrainConfig) -> dict:
         else [],
     )
     assert accelerator.num_processes == world_size, (accelerator.num_processes, world_size)
+    if accelerator.state.deepspeed_plugin is not None:
+        # vitdist's config rules batch sizes and clipping; DeepSpeed's JSON leaves them "auto".
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=accum,
+            train_batch_size=cfg.batch.global_batch_size, gradient_clipping=cfg.optim.max_grad_norm)
     is_main = accelerator.is_main_process
     state = TrainState()
     resume_dir = find_resume(cfg.resume, run_dir)
@@ -129,6 +134,8 @@ def train(cfg: TrainConfig) -> dict:
     if test_dl is not None:
         test_dl = accelerator.prepare(test_dl)
     augment = BatchAugment(cfg.data, data.num_classes).to(accelerator.device)
+    # DeepSpeed's bf16/fp16 modes hold the weights themselves in half precision (no autocast): feed that dtype.
+    input_dtype = next(model.parameters()).dtype
     set_seed(cfg.seed, device_specific=True)  # each rank its own dropout and augmentation draws
 
     # --- run folder, resume, trackers
@@ -168,19 +175,24 @@ def train(cfg: TrainConfig) -> dict:
                    disable=not (is_main and cfg.log.progress and sys.stderr.isatty()))
         for x, y in train_dl:
             with accelerator.accumulate(model):
+                if accelerator.sync_gradients:  # set before backward: DeepSpeed steps inside it
+                    lr = lr_at(state.step, cfg.optim, derived.total_steps, derived.warmup_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 x, targets = augment(x, y)
-                logits = model(x)
+                logits = model(x.to(input_dtype))
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
                 accelerator.backward(loss)
                 step_loss += loss.detach() / accum
                 if accelerator.sync_gradients:
-                    lr = lr_at(state.step, cfg.optim, derived.total_steps, derived.warmup_steps)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
+                    # Pre-clip norm. Under DeepSpeed the engine clipped and stepped inside backward and this is
+                    # the norm it measured.
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
                     # One small all-reduce and one host sync per optimizer step: every rank sees the same
-                    # numbers, so a non-finite loss on any rank stops all of them before the bad update.
-                    check = accelerator.reduce(torch.stack([step_loss, grad_norm.detach().float()]), "mean")
+                    # numbers, so a non-finite loss on any rank stops all of them before the bad update
+                    # (under DeepSpeed, right after it: the checkpoint on disk is still the last good one).
+                    grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
+                    check = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")
                     loss_value, norm_value = check.tolist()
                     step_loss.zero_()
                     if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
@@ -261,9 +273,10 @@ def train(cfg: TrainConfig) -> dict:
 def evaluate(model, loader, augment: BatchAugment, accelerator: Accelerator) -> tuple[float, float]:
     """Mean cross-entropy (no smoothing) and accuracy over the whole split, across all ranks."""
     model.eval()
+    dtype = next(model.parameters()).dtype
     sums = torch.zeros(3, device=accelerator.device)
     for x, y in loader:
-        logits = model(augment.normalize(x)).float()
+        logits = model(augment.normalize(x).to(dtype)).float()
         loss = F.cross_entropy(logits, y, reduction="none")
         # gather_for_metrics drops the samples accelerate repeated to even out the ranks' shards.
         loss, hit = accelerator.gather_for_metrics((loss, (logits.argmax(-1) == y).float()))

@@ -1,0 +1,25 @@
+# The README's two commands: `make demo` (set up, train on the offline demo data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CI's pins: pip takes these two from local disk. The package itself only asks for torch>=2.4.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test clean
+
+$(BIN)/vitdist: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS) -e '.[dev,deepspeed]'
+	@touch $@
+
+setup: $(BIN)/vitdist
+
+demo: setup
+	$(BIN)/vitdist train --preset demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,114 @@
+"""DeepSpeed ZeRO on CPU with 2 real processes (gloo): the same curve as DDP, exact resume, a plain export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+from test_distributed import TINY_FLAGS, accelerate_launch, free_port
+
+pytest.importorskip("deepspeed", reason="DeepSpeed is the optional [deepspeed] extra")
+
+FLAGS = [*TINY_FLAGS, "--epochs", "3", "--optim.warmup-epochs", "1"]  # 24 optimizer steps
+# CPU fp32: ZeRO partitions the same arithmetic, so curves agree to round-off (measured ~1e-6 relative).
+CURVE_RTOL = 1e-4
+
+
+def zero_flags(stage: int) -> list[str]:
+    return ["--use_deepspeed", "--zero_stage", str(stage), "--gradient_accumulation_steps", "1",
+            "--gradient_clipping", "1.0", "--zero3_save_16bit_model", "true"]
+
+
+def steps(run_dir):
+    return [json.loads(line) for line in open(run_dir / "steps.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", out, num_processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_matches_ddp(tmp_path, ddp_run, stage):
+    run = tmp_path / f"zero{stage}"
+    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", run, num_processes=2,
+                             extra=zero_flags(stage))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, ref = steps(run), steps(ddp_run)
+    assert len(ours) == len(ref) == 24
+    for a, b in zip(ours, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=CURVE_RTOL), (stage, a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (stage, a, b)
+        assert a["lr"] == pytest.approx(b["lr"])
+
+    # The exported weights are a plain state dict: a VisionTransformer with no DeepSpeed reproduces the
+    # engine's validation numbers at the best epoch.
+    from vitdist.config import from_dict
+    from vitdist.data import BatchAugment, load_data
+    from vitdist.model import VisionTransformer
+
+    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    results = json.loads((run / "results.json").read_text())
+    data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
+    model = VisionTransformer.from_config(cfg.model, data.num_classes)
+    model.load_state_dict({k: v.float() for k, v in load_file(run / "model.safetensors").items()})
+    model.eval()
+    x = torch.stack([data.val[i][0] for i in range(len(data.val))])
+    y = torch.stack([data.val[i][1] for i in range(len(data.val))])
+    with torch.no_grad():
+        logits = model(BatchAugment(cfg.data, data.num_classes).normalize(x))
+    acc = (logits.argmax(-1) == y).float().mean().item()
+    assert acc == pytest.approx(results["best_val_acc"])
+    best = [json.loads(r) for r in open(run / "metrics.jsonl")][results["best_epoch"] - 1]
+    assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_zero2_killed_and_resumed_ends_where_an_uninterrupted_run_does(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", straight, num_processes=2,
+                             extra=zero_flags(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *zero_flags(2), "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(free_port()), "-m", "vitdist.train", *FLAGS, "--run-dir", str(killed)]
+    victim = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    marker = killed / "checkpoints" / "epoch_0002" / "train_state.json"
+    deadline = time.time() + 240
+    while not marker.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole job dies, mid-epoch-3 at the latest
+    victim.wait()
+    assert marker.exists(), "the run never reached its epoch-2 checkpoint"
+
+    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", killed, "--resume", "auto",
+                             num_processes=2, extra=zero_flags(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    assert steps(killed) == steps(straight)
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_one_rank_raising_ends_every_rank(tmp_path, zero):
+    t0 = time.time()
+    proc = accelerate_launch(str(REPO / "tests" / "fail_on_rank.py"), *FLAGS, "--run-dir", tmp_path / "run",
+                             num_processes=2, extra=zero_flags(2) if zero else (), timeout=180,
+                             env_extra={"FAIL_RANK": "1", "FAIL_STEP": "3"})
+    assert proc.returncode != 0
+    assert "planted failure on rank 1" in proc.stderr
+    assert time.time() - t0 < 180
