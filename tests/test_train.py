@@ -123,6 +123,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     for tensor in weights(tmp_path / "run", 2).values():
         assert torch.isfinite(tensor).all()
     assert [m["epoch"] for m in rows(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    last = rows(tmp_path / "run" / "steps.jsonl")[-1]  # the bad step is logged, for `vitdist diagnose`
+    assert last["epoch"] == 3 and last["loss"] != last["loss"]  # NaN
 
 
 def test_early_stopping(tmp_path):
@@ -153,3 +155,42 @@ def test_wandb_offline_logs_every_metric(tmp_path, monkeypatch):
     assert [h["_step"] for h in epoch_rows] == [8, 16]  # the step axis is the optimizer step
     assert any("step/loss" in h for h in hist)
     assert config(path)["optim.lr"] == 1e-3
+
+
+def oom_above(monkeypatch, limit: int):
+    """Every training forward on more than `limit` images raises torch.OutOfMemoryError, as a full GPU would."""
+    real_forward = train_mod.VisionTransformer.forward
+
+    def forward(self, x):
+        if self.training and x.shape[0] > limit:
+            raise torch.OutOfMemoryError(f"injected: batch {x.shape[0]} > {limit}")
+        return real_forward(self, x)
+
+    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_global_batch(tmp_path, monkeypatch, capsys):
+    planned = tiny_config(tmp_path / "planned", epochs=1, data={"augment": False}, batch={"micro_batch_size": 8})
+    train(planned)
+    oom_above(monkeypatch, 8)
+    train(replace(planned, run_dir=str(tmp_path / "shrunk"), batch=replace(planned.batch, micro_batch_size=None)))
+    out = capsys.readouterr().out
+    assert "out of memory at micro-batch 32: now micro-batch 16 x 2 accumulation = global batch 32" in out
+    assert "out of memory at micro-batch 16: now micro-batch 8 x 4 accumulation" in out
+    assert rows(tmp_path / "planned" / "steps.jsonl") == rows(tmp_path / "shrunk" / "steps.jsonl")
+    a, b = weights(tmp_path / "planned", 1), weights(tmp_path / "shrunk", 1)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_out_of_memory_below_one_stops_with_a_message(tmp_path, monkeypatch):
+    from vitdist.config import UserError
+
+    oom_above(monkeypatch, 0)
+    with pytest.raises(UserError, match="out of memory at micro-batch 1"):
+        train(tiny_config(tmp_path / "run", epochs=1))
+
+
+def test_batch_auto_without_a_gpu_keeps_the_whole_batch(tmp_path, capsys):
+    train(tiny_config(tmp_path / "run", epochs=1, batch={"auto": True}))
+    assert "--batch.auto: no GPU" in capsys.readouterr().out

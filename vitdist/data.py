@@ -253,10 +253,11 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g)[: len(self)].tolist())
 
 
-def train_loader(ds: Dataset, micro_batch_size: int, global_batch_size: int, seed: int, num_workers: int,
+def train_loader(ds: Dataset, batch_size: int, global_batch_size: int, seed: int, num_workers: int,
                  pin_memory: bool) -> DataLoader:
+    """Batches of batch_size (one rank's share of a global batch) in EpochSampler's order."""
     sampler = EpochSampler(len(ds), global_batch_size, seed)
-    return DataLoader(ds, batch_size=micro_batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, UserError, to_dict
@@ -93,7 +93,8 @@ def train(cfg: TrainConfig) -> dict:
     trackers = [name for name, on in (("wandb", cfg.log.wandb), ("tensorboard", cfg.log.tensorboard)) if on]
     accelerator = Accelerator(
         mixed_precision=cfg.precision,
-        gradient_accumulation_steps=accum,
+        # optimizer_step sets the count for each step; the loader's end must not force a sync of its own.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         # Several processes without a GPU talk over gloo (NCCL needs CUDA; DeepSpeed would pick it anyway).
@@ -101,6 +102,12 @@ def train(cfg: TrainConfig) -> dict:
         else [],
     )
     assert accelerator.num_processes == world_size, (accelerator.num_processes, world_size)
+    zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
+    if cfg.batch.auto:  # every rank measures, and all take the smallest fit
+        from .autobatch import resolve_micro_batch
+
+        measured = resolve_micro_batch(cfg, world_size, accelerator.device, zero_stage, log=accelerator.print)
+        micro_batch, accum = batch_plan(cfg.batch.global_batch_size, measured, world_size)
     if accelerator.state.deepspeed_plugin is not None:
         # vitdist's config rules batch sizes and clipping; DeepSpeed's JSON leaves them "auto".
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
@@ -116,7 +123,10 @@ def train(cfg: TrainConfig) -> dict:
     model = VisionTransformer.from_config(cfg.model, data.num_classes)
     optimizer = build_optimizer(model, cfg.optim)
     pin = accelerator.device.type == "cuda"
-    train_dl = train_loader(data.train, micro_batch, cfg.batch.global_batch_size, cfg.seed, cfg.data.num_workers, pin)
+    # The loader yields each rank's whole share of an optimizer step; optimizer_step splits it into
+    # micro-batches. The data order is then the same whatever the micro-batch, even one changed mid-run.
+    train_dl = train_loader(data.train, cfg.batch.global_batch_size // world_size, cfg.batch.global_batch_size,
+                            cfg.seed, cfg.data.num_workers, pin)
     eval_batch = max(micro_batch, 256)
     val_dl = eval_loader(data.val, eval_batch, cfg.data.num_workers, pin)
     train_eval_dl = eval_loader(data.train_eval, eval_batch, cfg.data.num_workers, pin)
@@ -170,47 +180,33 @@ def train(cfg: TrainConfig) -> dict:
         sums = torch.zeros(3, device=accelerator.device)  # loss x n, correct, n
         norms = []  # per optimizer step, pre-clip
         step_log = []
-        step_loss = torch.zeros((), device=accelerator.device)  # mean loss over one optimizer step's micro-batches
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                    disable=not (is_main and cfg.log.progress and sys.stderr.isatty()))
-        for x, y in train_dl:
-            with accelerator.accumulate(model):
-                if accelerator.sync_gradients:  # set before backward: DeepSpeed steps inside it
-                    lr = lr_at(state.step, cfg.optim, derived.total_steps, derived.warmup_steps)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                x, targets = augment(x, y)
-                logits = model(x.to(input_dtype))
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-                accelerator.backward(loss)
-                step_loss += loss.detach() / accum
-                if accelerator.sync_gradients:
-                    # Pre-clip norm. Under DeepSpeed the engine clipped and stepped inside backward and this is
-                    # the norm it measured.
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
-                    # One small all-reduce and one host sync per optimizer step: every rank sees the same
-                    # numbers, so a non-finite loss on any rank stops all of them before the bad update
-                    # (under DeepSpeed, right after it: the checkpoint on disk is still the last good one).
-                    grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
-                    check = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")
-                    loss_value, norm_value = check.tolist()
-                    step_loss.zero_()
-                    if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
-                        bar.close()
-                        raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
-                                       f"at epoch {epoch + 1}, step {state.step + 1} (lr {lr:.3g})")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            n = y.shape[0]
-            sums += torch.stack([loss.detach() * n, (logits.argmax(-1) == y).sum().float(),
-                                 torch.tensor(float(n), device=sums.device)])
-            if accelerator.sync_gradients:
-                state.step += 1
-                norms.append(norm_value)
-                step_log.append({"step": state.step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                                 "grad_norm": norm_value})
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
+        for x, y in train_dl:  # this rank's share of one optimizer step's global batch
+            lr = lr_at(state.step, cfg.optim, derived.total_steps, derived.warmup_steps)
+            for group in optimizer.param_groups:  # set before backward: DeepSpeed steps inside it
+                group["lr"] = lr
+            while True:
+                try:
+                    step_sums, loss_value, norm_value = optimizer_step(
+                        accelerator, model, optimizer, augment, x, y, micro_batch, cfg, input_dtype)
+                    break
+                except torch.OutOfMemoryError:
+                    micro_batch = shrink_after_oom(accelerator, model, cfg, micro_batch, zero_stage)
+            if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
+                bar.close()
+                if is_main:  # the bad step too, so the logs show where it went
+                    append_jsonl(run_dir / "steps.jsonl", step_log + [{"step": state.step + 1, "epoch": epoch + 1,
+                                 "loss": loss_value, "lr": lr, "grad_norm": norm_value}])
+                raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
+                               f"at epoch {epoch + 1}, step {state.step + 1} (lr {lr:.3g})")
+            sums += step_sums
+            state.step += 1
+            norms.append(norm_value)
+            step_log.append({"step": state.step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
+                             "grad_norm": norm_value})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.close()
         train_time = time.perf_counter() - t0
         loss_sum, correct, count = accelerator.reduce(sums, "sum").tolist()
@@ -267,6 +263,66 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.log({f"final/{k}": v for k, v in results.items()}, step=state.step)
     accelerator.end_training()
     return results
+
+
+def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: int, cfg: TrainConfig,
+                   input_dtype) -> tuple[torch.Tensor, float, float]:
+    """One optimizer step on this rank's share (x, y) of the global batch, accumulated in micro-batches.
+
+    Returns (loss x n, correct, n) summed over the share, and the step's mean loss and pre-clip gradient norm
+    over all ranks. A non-finite loss or norm returns before the update (under DeepSpeed, which steps inside
+    backward, right after it: the checkpoint on disk is still the last good one).
+    """
+    chunks = list(zip(x.split(micro_batch), y.split(micro_batch)))
+    accelerator.gradient_accumulation_steps = len(chunks)
+    accelerator.step = 0  # a step replayed after an out-of-memory error starts its count afresh
+    sums = torch.zeros(3, device=accelerator.device)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for xc, yc in chunks:
+        with accelerator.accumulate(model):
+            inputs, targets = augment(xc, yc)
+            logits = model(inputs.to(input_dtype))
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+            accelerator.backward(loss)
+            step_loss += loss.detach() / len(chunks)
+            if accelerator.sync_gradients:
+                # Under DeepSpeed the engine clipped inside backward; this is the norm it measured.
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
+                grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
+                # One small all-reduce and one host sync per optimizer step: every rank sees the same numbers,
+                # so a non-finite loss on any rank stops all of them.
+                loss_value, norm_value = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean").tolist()
+                if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and cfg.precision != "fp16":
+                    model.zero_grad(set_to_none=True)
+                    return sums, loss_value, norm_value
+            optimizer.step()  # fp16: the scaler skips a step whose gradients overflowed
+            optimizer.zero_grad(set_to_none=True)
+        sums += torch.stack([loss.detach() * len(yc), (logits.argmax(-1) == yc).sum().float(),
+                             torch.tensor(float(len(yc)), device=sums.device)])
+    return sums, loss_value, norm_value
+
+
+def shrink_after_oom(accelerator: Accelerator, model, cfg: TrainConfig, micro_batch: int, zero_stage: int) -> int:
+    """A step ran out of memory: the next smaller micro-batch (more accumulation, same global batch), or stop.
+
+    Only a single process can retry in place: under DDP the other ranks already wait in an all-reduce, and
+    DeepSpeed fixed its accumulation count at start. There the run stops, and a restart with --resume auto
+    --batch.auto begins below the size that failed.
+    """
+    from .autobatch import next_plan_after_oom, note_oom
+
+    note_oom(cfg, accelerator.device, micro_batch, zero_stage)
+    if accelerator.num_processes > 1 or accelerator.state.deepspeed_plugin is not None:
+        raise UserError(f"out of memory at micro-batch {micro_batch}: rerun with --resume auto --batch.auto "
+                        f"(it now starts below {micro_batch}), or a smaller --batch.micro-batch-size")
+    model.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    per_rank = cfg.batch.global_batch_size
+    smaller, accum = next_plan_after_oom(micro_batch, per_rank // micro_batch)
+    accelerator.print(f"out of memory at micro-batch {micro_batch}: now micro-batch {smaller} x {accum} "
+                      f"accumulation = global batch {cfg.batch.global_batch_size}; replaying the step")
+    return smaller
 
 
 @torch.no_grad()
