@@ -105,3 +105,16 @@ def test_presets_command_lists_real_counts():
     assert out.returncode == 0
     assert "0.82M" in out.stdout and "4.80M" in out.stdout and "19.03M" in out.stdout
     assert "--data.no-augment" in out.stdout
+
+
+def test_every_entry_point_answers():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "vitdist"  # the console script, installed beside this Python
+    for cmd in ([sys.executable, "-m", "vitdist.train", "--help"], [sys.executable, "-m", "vitdist", "--help"],
+                [str(script), "train", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (cmd, out.stderr[-2000:])
+        assert "--preset" in out.stdout or "train" in out.stdout
