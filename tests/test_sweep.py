@@ -1,0 +1,245 @@
+"""`vitdist sweep`: curve verdicts for every category, lr / range / grid end to end, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vitdist import sweep
+from vitdist.sweep import lr_curve_verdict, main
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process fight the other processes
+    and run these tiny models 10-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY_FLAGS = ["--data.name", "synthetic", "--data.synthetic-size", "320", "--data.val-fraction", "0.2",
+              "--data.train-eval-size", "64", "--model.embed-dim", "32", "--model.num-layers", "2",
+              "--model.num-heads", "2", "--model.dim-feedforward", "64", "--batch.global-batch-size", "32",
+              "--early-stop-patience", "0", "--log.no-tensorboard", "--log.no-progress"]
+
+
+def curve(trend, noise=0.05, seed=0):
+    """A per-step loss curve: trend x (1 + noise x N(0, 1)), the way batch noise scales with the loss."""
+    trend = np.asarray(trend, dtype=float)
+    return list(trend * (1 + noise * np.random.default_rng(seed).standard_normal(len(trend))))
+
+
+T = np.arange(300)
+
+
+# --- verdicts on synthetic curves, one per category, each with the numbers that decide it
+
+def test_healthy_curve():
+    verdict, n = lr_curve_verdict(curve(1.3 + 1.0 * np.exp(-T / 60)))
+    assert verdict == "healthy", n
+    assert n["drop"] > 0.3 and n["rise_share"] < sweep.OSCILLATING_SHARE
+
+
+def test_healthy_curve_with_a_long_noisy_plateau_is_not_oscillating():
+    # The loss is flat and noisy for the last 2/3 of the run: noise must not count as rises.
+    for noise in (0.03, 0.08, 0.15):
+        verdict, n = lr_curve_verdict(curve(1.2 + 1.1 * np.exp(-np.arange(900) / 40), noise=noise, seed=1))
+        assert verdict == "healthy", (noise, n)
+
+
+def test_nan_is_diverged():
+    verdict, n = lr_curve_verdict([2.3, 2.1, 1.9, math.nan, math.nan])
+    assert verdict == "diverged" and n["non_finite_at_step"] == 4
+
+
+def test_loss_ending_above_its_start_is_diverged():
+    verdict, n = lr_curve_verdict(curve(np.linspace(2.3, 6.0, 300)))
+    assert verdict == "diverged" and n["final_loss"] > n["start_loss"], n
+
+
+def test_swinging_loss_is_oscillating():
+    # Falls, then swings by +-30% with a period of ~60 steps: the smoothed loss keeps rising far above its best.
+    verdict, n = lr_curve_verdict(curve(1.6 + 0.7 * np.exp(-T / 20) + 0.5 * np.sin(T / 10) ** 2, noise=0.03))
+    assert verdict == "oscillating", n
+    assert n["rise_share"] > sweep.OSCILLATING_SHARE and n["final_loss"] < n["start_loss"]
+
+
+def test_loss_that_collapses_back_up_is_oscillating():
+    # Learns for 80 steps, then jumps back to chance level and stays there (the rate is too large).
+    verdict, n = lr_curve_verdict(curve(np.where(T < 80, 2.3 - 0.8 * T / 80, 2.25)))
+    assert verdict == "oscillating", n
+
+
+def test_flat_curve_is_too_slow():
+    verdict, n = lr_curve_verdict(curve(np.linspace(2.3, 2.2, 300), noise=0.1))
+    assert verdict == "too slow" and n["drop"] < sweep.SLOW_DROP, n
+
+
+def test_too_slow_relative_to_the_best_rate_of_the_sweep():
+    losses = curve(2.3 - 0.5 * (1 - np.exp(-T / 100)))  # falls ~20%: fine alone...
+    assert lr_curve_verdict(losses)[0] == "healthy"
+    verdict, n = lr_curve_verdict(losses, best_drop=0.6)  # ...but well under half of what another rate did
+    assert verdict == "too slow", n
+
+
+def test_recommend_picks_healthy_rate_with_lowest_val_loss():
+    runs = [{"lr": 1e-2, "verdict": "oscillating", "final_val_loss": 0.5},
+            {"lr": 1e-3, "verdict": "healthy", "final_val_loss": 1.0},
+            {"lr": 5e-4, "verdict": "healthy", "final_val_loss": 1.2},
+            {"lr": 1e-4, "verdict": "too slow", "final_val_loss": 2.0}]
+    lr, advice = sweep.recommend_lr(runs)
+    assert lr == 1e-3 and "--optim.lr 0.001" in advice
+    lr, advice = sweep.recommend_lr([{**r, "verdict": "diverged"} for r in runs])
+    assert lr is None and "too large" in advice
+    lr, advice = sweep.recommend_lr([{**r, "verdict": "too slow"} for r in runs])
+    assert lr is None and "too slow" in advice and "--epochs" in advice
+
+
+def test_range_suggestion_is_at_the_steepest_descent():
+    lrs = list(np.geomspace(1e-6, 1, 200))
+    x = np.log10(lrs)
+    losses = list(2.3 - 1.0 / (1 + np.exp(-(x + 3) * 4)) + np.where(x > -1, (x + 1) * 20, 0))  # steepest at 1e-3
+    out = sweep.range_suggestion(lrs, losses, span=5)
+    assert 5e-4 < out["suggested_lr"] < 2e-3, out["suggested_lr"]
+    assert 0.05 < out["min_loss_lr"] < 0.2
+
+
+# --- the commands end to end (tiny models on synthetic data, in this process)
+
+def test_sweep_lr_end_to_end(tmp_path, capsys, monkeypatch):
+    # lr 5 really diverges: a forward that turns NaN once its run reaches epoch 2 stands in for the blow-up,
+    # so the trainer raises Diverged exactly as it would (and quickly).
+    import vitdist.train as train_mod
+    from vitdist.model import VisionTransformer
+
+    real_train, real_forward = train_mod.train, VisionTransformer.forward
+
+    def train_nan_at_high_lr(cfg):
+        if cfg.optim.lr < 1:
+            return real_train(cfg)
+        calls = {"n": 0}
+
+        def forward(self, x):
+            calls["n"] += self.training
+            return real_forward(self, x) * (math.nan if calls["n"] > 8 else 1.0)
+
+        with monkeypatch.context() as m:
+            m.setattr(VisionTransformer, "forward", forward)
+            return real_train(cfg)
+
+    monkeypatch.setattr(train_mod, "train", train_nan_at_high_lr)
+    out_dir = tmp_path / "sweep"
+    assert main(["lr", *TINY_FLAGS, "--epochs", "3", "--lrs", "5", "1e-2", "1e-5", "--sweep-dir", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((out_dir / "sweep.json").read_text())
+    verdicts = {r["lr"]: r["verdict"] for r in report["runs"]}
+    assert verdicts == {5.0: "diverged", 1e-2: "healthy", 1e-5: "too slow"}, out
+    assert report["recommended_lr"] == 1e-2 and "--optim.lr 0.01" in out
+    diverged = report["runs"][0]
+    # the 8 steps of epoch 1, then the step that went NaN (stored as null: sweep.json is strict JSON)
+    assert "non-finite loss at epoch 2, step 9" in diverged["error"]
+    assert [loss is None for _, loss in diverged["curve"]] == [False] * 8 + [True]
+    json.loads((out_dir / "sweep.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in sweep.json"))
+    assert (out_dir / "sweep.png").stat().st_size > 10_000
+    # same seed and data order: every run starts from the same first-step loss
+    firsts = {r["curve"][0][1] for r in report["runs"]}
+    assert len(firsts) == 1, firsts
+    # constant rate by default: each run's logged lr is its own, at every step
+    steps = [json.loads(line) for line in open(out_dir / "lr_0.01" / "steps.jsonl")]
+    assert len(steps) == 24 and {s["lr"] for s in steps} == {0.01}
+
+
+def test_sweep_range_end_to_end(tmp_path, capsys):
+    assert main(["range", *TINY_FLAGS, "--num-steps", "50", "--sweep-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "range.json").read_text())
+    lrs = report["lrs"]
+    assert lrs[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(lrs, lrs[1:]))
+    assert report["steps_run"] == len(report["losses"]) <= 50
+    if report["steps_run"] == 50:
+        assert lrs[-1] == pytest.approx(1.0)
+    assert report["suggested_lr"] is not None and 1e-6 < report["suggested_lr"] < 1
+    assert (tmp_path / "range.png").stat().st_size > 10_000
+    assert "suggested lr" in capsys.readouterr().out
+
+
+def test_sweep_grid_end_to_end(tmp_path, capsys):
+    assert main(["grid", *TINY_FLAGS, "--epochs", "1", "--set", "optim.lr=1e-5,3e-3", "--set", "model.dropout=0,0.1",
+                 "--random", "3", "--sweep-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    trials = report["trials"]
+    assert len(trials) == 3 and report["grid"] == {"optim.lr": [1e-5, 3e-3], "model.dropout": [0.0, 0.1]}
+    accs = [t["best_val_acc"] for t in trials]
+    assert accs == sorted(accs, reverse=True) and [t["rank"] for t in trials] == [1, 2, 3]
+    for t in trials:  # each trial ran with its own values
+        cfg = json.loads((tmp_path / f"trial_{t['trial']:03d}" / "config.json").read_text())
+        assert cfg["optim"]["lr"] == t["overrides"]["optim.lr"]
+        assert cfg["model"]["dropout"] == t["overrides"]["model.dropout"]
+    assert "ranked by best validation accuracy" in capsys.readouterr().out
+
+
+def test_apply_overrides_types_and_nesting():
+    from vitdist.presets import TINY
+
+    grid = sweep.parse_grid(["optim.weight-decay=1e-4,1e-3", "data.augment=false", "epochs=3",
+                             "model.num_classes=none,10", "precision=bf16"])
+    assert grid == {"optim.weight_decay": [1e-4, 1e-3], "data.augment": [False], "epochs": [3],
+                    "model.num_classes": [None, 10], "precision": ["bf16"]}
+    cfg = sweep.apply_overrides(TINY, {"optim.weight_decay": 1e-3, "data.augment": False, "epochs": 3})
+    assert cfg.optim.weight_decay == 1e-3 and not cfg.data.augment and cfg.epochs == 3
+    assert cfg.optim.lr == TINY.optim.lr and cfg.model == TINY.model  # nothing else moved
+
+
+# --- bad input: one line, exit 2
+
+@pytest.mark.parametrize("argv, needle", [
+    (["lr", "--lrs"], "--lrs is empty"),
+    (["lr", "--lrs", "1e-3", "-1e-3"], "positive"),
+    (["lr", "--lrs", "0"], "positive"),
+    (["grid", "--set", "optim.nope=1,2"], "optim has no field 'nope'"),
+    (["grid", "--set", "foo=1"], "unknown config field"),
+    (["grid", "--set", "optim.weight_decay=abc"], "not a valid float"),
+    (["grid", "--set", "precision=fp8"], "not one of"),
+    (["grid", "--set", "model.dropout"], "FIELD=V1,V2"),
+    (["grid", "--set", "model.dropout=0.1,1.5"], "--model.dropout"),
+    (["grid"], "--set is missing"),
+    (["range", "--start-lr", "1", "--end-lr", "1e-3"], "--start-lr"),
+    (["nope"], "sweep mode 'nope' is unknown"),
+])
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--sweep-dir", str(tmp_path)] if argv[0] != "nope" else argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+# --- real processes: `accelerate launch` on 2 CPU processes (gloo); only rank 0 writes and prints
+
+def test_sweep_lr_under_accelerate_launch_two_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_distributed import free_port
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(free_port()), "-m", "vitdist", "sweep", "lr", *TINY_FLAGS, "--epochs", "1", "--lrs", "1e-2", "1e-3",
+           "--sweep-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) x micro-batch 16" in proc.stdout
+    assert proc.stdout.count("lr sweep (per-step training loss") == 1  # printed by rank 0 only
+    assert proc.stdout.count("=== sweep lr 1/2") == 1
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["lr"] for r in report["runs"]] == [1e-2, 1e-3]
+    for r in report["runs"]:
+        assert len(r["curve"]) == 8 and r["final_val_loss"] is not None  # one epoch of 8 global batches of 32
+    assert (tmp_path / "sweep.png").exists()
