@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,31 @@ def test_too_slow_relative_to_the_best_rate_of_the_sweep():
     assert verdict == "too slow", n
 
 
+def test_rate_that_stalls_above_a_smaller_rate_is_too_large():
+    # Spikes, then levels off high (drop ~5%): alone it is just slow, but a smaller rate fell 14%.
+    losses = curve(2.2 + 0.3 * np.exp(-((T - 5) / 4) ** 2) - 0.1 * (1 - np.exp(-T / 50)), noise=0.02)
+    assert lr_curve_verdict(losses)[0] == "too slow"
+    verdict, n = lr_curve_verdict(losses, best_drop=0.14, smaller_rate_drop=0.14)
+    assert verdict == "too large" and n["smaller_rate_drop"] - n["drop"] > sweep.TOO_LARGE_MARGIN, n
+    # the smallest rate of a sweep has no smaller one to compare with: too slow, never too large
+    assert lr_curve_verdict(losses, best_drop=0.14, smaller_rate_drop=None)[0] == "too slow"
+
+
+def test_recorded_cifar10_sweep():
+    # Per-step losses of a real sweep (tiny ViT, CIFAR-10 subset, 3 epochs; see the file's "source"): 1e-2 and
+    # 5e-3 spike and level off high, 1e-3..1e-4 fall steadily; 5e-4 has the lowest validation loss.
+    recorded = json.loads((Path(__file__).parent / "data" / "lr_sweep_cifar10_tiny.json").read_text())
+    runs = [{"lr": r["lr"], "error": None, "final_val_loss": r["final_val_loss"],
+             "curve": list(enumerate(r["losses"], 1))} for r in recorded["runs"]]
+    sweep.judge_runs(runs)
+    assert {r["lr"]: r["verdict"] for r in runs} == {
+        1e-2: "too large", 5e-3: "too large", 1e-3: "healthy", 5e-4: "healthy", 1e-4: "healthy"}
+    lr, advice = sweep.recommend_lr(runs)
+    assert lr == 5e-4 and "--optim.lr 0.0005" in advice
+    # each curve alone: the stalled large rates only look slow, which is why the sweep compares them
+    assert lr_curve_verdict(recorded["runs"][0]["losses"])[0] == "too slow"
+
+
 def test_recommend_picks_healthy_rate_with_lowest_val_loss():
     runs = [{"lr": 1e-2, "verdict": "oscillating", "final_val_loss": 0.5},
             {"lr": 1e-3, "verdict": "healthy", "final_val_loss": 1.0},
@@ -96,6 +122,9 @@ def test_recommend_picks_healthy_rate_with_lowest_val_loss():
     assert lr == 1e-3 and "--optim.lr 0.001" in advice
     lr, advice = sweep.recommend_lr([{**r, "verdict": "diverged"} for r in runs])
     assert lr is None and "too large" in advice
+    lr, advice = sweep.recommend_lr([{**r, "verdict": v} for r, v in zip(runs, ["too large", "oscillating",
+                                                                                 "too slow", "too slow"])])
+    assert lr is None and "between" in advice
     lr, advice = sweep.recommend_lr([{**r, "verdict": "too slow"} for r in runs])
     assert lr is None and "too slow" in advice and "--epochs" in advice
 

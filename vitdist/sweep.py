@@ -49,6 +49,10 @@ SLOW_DROP = 0.1
 """Too slow: the smoothed loss fell by less than this fraction of its start over the whole run..."""
 SLOW_RELATIVE_DROP = 0.5
 """...or (within a sweep) by less than this share of the largest drop any rate of the sweep achieved."""
+TOO_LARGE_MARGIN = 0.05
+"""Within a sweep, a curve that fell too little is 'too large' rather than 'too slow' when a smaller rate fell
+further by more than this fraction of the start: the rate stalls high (on CIFAR-10, tiny ViT, constant lr 1e-2
+and 5e-3 spike, then level off well above 1e-3's curve), and a larger one would not help."""
 # A diverged curve has a non-finite loss, or ends (smoothed) above its start by more than the rise tolerance.
 
 DEFAULT_LRS = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)  # the checklist's step 1
@@ -76,11 +80,15 @@ def smooth(values: list[float], beta: float = EMA_BETA, start: float | None = No
     return out
 
 
-def lr_curve_verdict(losses: list[float], best_drop: float | None = None) -> tuple[str, dict]:
-    """('diverged' | 'oscillating' | 'too slow' | 'healthy', the numbers behind it) for one per-step loss curve.
+def lr_curve_verdict(losses: list[float], best_drop: float | None = None,
+                     smaller_rate_drop: float | None = None) -> tuple[str, dict]:
+    """('diverged' | 'oscillating' | 'too large' | 'too slow' | 'healthy', the numbers behind it) for one
+    per-step loss curve.
 
     best_drop: the largest relative drop of any curve in the same sweep; when given, a curve that fell by less
-    than SLOW_RELATIVE_DROP of it is too slow as well.
+    than SLOW_RELATIVE_DROP of it is too slow as well. smaller_rate_drop: the largest drop of the sweep's smaller
+    rates; a curve that fell too little while one of them fell TOO_LARGE_MARGIN further is 'too large'. Alone
+    (both None) a curve is judged on its own numbers and is never 'too large'.
     """
     n = len(losses)
     numbers: dict = {"steps": n}
@@ -110,6 +118,8 @@ def lr_curve_verdict(losses: list[float], best_drop: float | None = None) -> tup
     if rises / n > OSCILLATING_SHARE:
         return "oscillating", numbers
     if drop < SLOW_DROP or (best_drop is not None and best_drop > 0 and drop < SLOW_RELATIVE_DROP * best_drop):
+        if smaller_rate_drop is not None and smaller_rate_drop - drop > TOO_LARGE_MARGIN:
+            return "too large", {**numbers, "smaller_rate_drop": smaller_rate_drop}
         return "too slow", numbers
     return "healthy", numbers
 
@@ -123,9 +133,12 @@ def describe(numbers: dict) -> str:
     if "drop" not in numbers:
         return numbers.get("note", "")
     change = (f"x{1 - numbers['drop']:.3g}" if numbers["drop"] < -9 else f"{-numbers['drop']:+.0%}")
-    return (f"loss {numbers['start_loss']:.4g} -> {numbers['final_loss']:.4g} (smoothed; {change}), "
+    text = (f"loss {numbers['start_loss']:.4g} -> {numbers['final_loss']:.4g} (smoothed; {change}), "
             f"min {numbers['min_loss']:.4g}; {numbers['rise_share']:.0%} of {numbers['steps']} steps rise more than "
             f"{numbers['rise_tolerance']:.0%} above the running min")
+    if "smaller_rate_drop" in numbers:
+        text += f"; a smaller rate fell {numbers['smaller_rate_drop']:.0%}"
+    return text
 
 
 # ============================================================================ lr sweep
@@ -218,7 +231,7 @@ def sweep_lr(cfg: TrainConfig, lrs: list[float], sweep_dir: str | Path, schedule
 
 
 def judge_runs(runs: list[dict]) -> None:
-    """Set each run's verdict and numbers; 'too slow' is also judged against the sweep's best drop."""
+    """Set each run's verdict and numbers; 'too slow' and 'too large' are also judged against the other rates."""
     def losses(r):
         return [math.nan if loss is None else loss for _, loss in r["curve"]]
 
@@ -229,7 +242,10 @@ def judge_runs(runs: list[dict]) -> None:
         if r["error"]:
             r["verdict"], r["numbers"] = "diverged", {"error": r["error"]}
         else:
-            r["verdict"], r["numbers"] = lr_curve_verdict(losses(r), best_drop=best)
+            below = [first[id(o)][1].get("drop") for o in runs if o["lr"] < r["lr"] and id(o) in first]
+            below = [d for d in below if d is not None]
+            r["verdict"], r["numbers"] = lr_curve_verdict(losses(r), best_drop=best,
+                                                          smaller_rate_drop=max(below) if below else None)
 
 
 def recommend_lr(runs: list[dict]) -> tuple[float | None, str]:
@@ -240,7 +256,7 @@ def recommend_lr(runs: list[dict]) -> tuple[float | None, str]:
         return best["lr"], (f"lr {best['lr']:g}: healthy with the lowest final validation loss "
                             f"({best['final_val_loss']:.4f}); train with --optim.lr {best['lr']:g} (warmup + cosine "
                             f"are on by default)")
-    unstable = sorted(r["lr"] for r in runs if r["verdict"] in ("diverged", "oscillating"))
+    unstable = sorted(r["lr"] for r in runs if r["verdict"] in ("diverged", "oscillating", "too large"))
     slow = sorted(r["lr"] for r in runs if r["verdict"] == "too slow")
     if not slow:
         low = unstable[0]
