@@ -64,6 +64,9 @@ spans the same stretch of log(lr) whatever the step count: a causal EMA of that 
 for the stop rule, a centred moving average (no lag) for the suggestion and the plot."""
 RANGE_STOP_FACTOR = 4.0
 """The range test stops once the smoothed loss exceeds this multiple of its minimum (or is not finite)."""
+RANGE_MIN_DROP = 0.03
+"""The range test's smoothed loss must dip at least this fraction below its start for a suggestion: a ViT's loss
+falls only a little before the rate gets too large (on CIFAR-10, tiny: 2.30 -> 2.11), but a 3% dip is no noise."""
 RANGE_SKIP = 0.05
 """The steepest descent is looked for after the first 5% of the steps (there the rate is far too small to move
 the loss, and a dip is batch noise)."""
@@ -429,10 +432,10 @@ def range_suggestion(lrs: list[float], losses: list[float], span: int = 3) -> di
     steep = None
     if slopes and min(slopes) < 0:
         steep = lr_ok[lo + min(range(len(slopes)), key=slopes.__getitem__)]
-    fell = smoothed[i_min] < smoothed[0] * (1 - SLOW_DROP)
+    fell = smoothed[i_min] < smoothed[0] * (1 - RANGE_MIN_DROP)
     suggested = steep if steep is not None else min_lr / 10
     if not fell:
-        advice = (f"the smoothed loss never fell by {SLOW_DROP:.0%} (best {smoothed[i_min]:.3f} from "
+        advice = (f"the smoothed loss never fell by {RANGE_MIN_DROP:.0%} (best {smoothed[i_min]:.3f} from "
                   f"{smoothed[0]:.3f}): raise --end-lr or --num-steps, or run `vitdist check` first")
     else:
         advice = (f"suggested lr {suggested:.2g} (steepest descent of the smoothed loss"
