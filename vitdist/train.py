@@ -261,7 +261,10 @@ def train(cfg: TrainConfig) -> dict:
                           + (f"; test acc {results['test_acc']:.4f}" if "test_acc" in results else "")
                           + f" -> {run_dir}")
     accelerator.log({f"final/{k}": v for k, v in results.items()}, step=state.step)
-    accelerator.end_training()
+    # Not accelerator.end_training(): it also destroys the process group, and a second train() in the same
+    # processes (a sweep under accelerate launch) could not re-create it. Trackers end here; the group at exit.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return results
 
 
@@ -447,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vitdist: training stopped: {e}. The last good checkpoint is kept in "
                   f"{Path(cfg.run_dir) / 'checkpoints'}. Try: {NAN_ADVICE}.", file=sys.stderr)
             return 1
+        finally:
+            if torch.distributed.is_initialized():  # train() leaves it up for a next run in the same processes
+                torch.distributed.destroy_process_group()
     return 0
 
 
