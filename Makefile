@@ -16,7 +16,7 @@ $(BIN)/vitdist: setup.cfg pyproject.toml
 setup: $(BIN)/vitdist
 
 demo: setup
-	$(BIN)/vitdist train --preset demo
+	$(BIN)/vitdist train --preset demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -194,3 +194,22 @@ def test_out_of_memory_below_one_stops_with_a_message(tmp_path, monkeypatch):
 def test_batch_auto_without_a_gpu_keeps_the_whole_batch(tmp_path, capsys):
     train(tiny_config(tmp_path / "run", epochs=1, batch={"auto": True}))
     assert "--batch.auto: no GPU" in capsys.readouterr().out
+
+
+def test_a_fresh_run_never_appends_to_an_earlier_one(tmp_path):
+    from vitdist.config import UserError
+
+    cfg = tiny_config(tmp_path / "run", epochs=1)
+    train(cfg)
+    with pytest.raises(UserError, match="holds an earlier run .*--resume auto.*--overwrite"):
+        train(cfg)
+    train(replace(cfg, overwrite=True))
+    assert [m["epoch"] for m in rows(tmp_path / "run" / "metrics.jsonl")] == [1]
+    assert len(rows(tmp_path / "run" / "steps.jsonl")) == 8
+
+
+def test_test_split_is_scored_once_at_the_end_unless_turned_off(tmp_path):
+    on = train(tiny_config(tmp_path / "on", epochs=1, data={"name": "digits", "train_subset": 128}))
+    off = train(tiny_config(tmp_path / "off", epochs=1, test_at_end=False,
+                            data={"name": "digits", "train_subset": 128}))
+    assert 0.0 <= on["test_acc"] <= 1.0 and "test_acc" not in off

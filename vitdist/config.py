@@ -228,6 +228,12 @@ class TrainConfig:
     checkpoint folder."""
     checkpoint_every_epochs: int = 1
     """Save a checkpoint every this many epochs (and always at the last)."""
+    overwrite: bool = False
+    """Start afresh in a RUN_DIR that holds an earlier run, deleting its logs and checkpoints (without this, such
+    a folder is refused: continue it with --resume auto, or pick another --run-dir)."""
+    test_at_end: bool = True
+    """Evaluate the best checkpoint on the test split once, at the end. Sweeps turn it off: tuning must not
+    look at test data."""
 
     def __post_init__(self):
         _positive(self.epochs, "--epochs")

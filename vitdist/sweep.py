@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import typing
 from dataclasses import dataclass, replace
@@ -175,19 +174,12 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _fresh_run_dir(path: Path) -> None:
-    """A trial's folder from an earlier sweep would have train() append to its old curves: start it empty."""
-    if _is_main() and path.exists():
-        shutil.rmtree(path)
-
-
 def _train_one(cfg: TrainConfig) -> tuple[dict | None, str | None]:
     """train(cfg) -> (results, None), or (None, why) when the loss went non-finite."""
     from .train import Diverged, train
 
-    _fresh_run_dir(Path(cfg.run_dir))
-    try:
-        return train(cfg), None
+    try:  # a trial's folder from an earlier sweep starts afresh; tuning never looks at the test split
+        return train(replace(cfg, overwrite=True, test_at_end=False)), None
     except Diverged as e:
         return None, str(e)
 
@@ -321,16 +313,13 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
     """One run with lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1)); stops when the smoothed loss
     exceeds RANGE_STOP_FACTOR x its minimum or is not finite. A check-sized loop, not a training run: no
     checkpoints, no validation. Writes range.json and range.png in out_dir."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
+    from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     from .data import BatchAugment, load_data, train_loader
     from .model import VisionTransformer
     from .optim import build_optimizer
-    from .train import batch_plan, optimizer_step
+    from .train import batch_plan, make_accelerator, optimizer_step
 
     if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
         raise UserError(f"--start-lr and --end-lr must satisfy 0 < start < end, got {start_lr:g} and {end_lr:g}")
@@ -339,13 +328,7 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
     # The trainer's own set-up and optimizer step (vitdist.train.optimizer_step), with a rate of our own.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     micro, accum = batch_plan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size)
-    AcceleratorState._reset_state(reset_partial_state=False)  # as train() does: several runs per process
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=cfg.precision,
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if world_size > 1 and not torch.cuda.is_available()
-        else [])
+    accelerator = make_accelerator(cfg.precision, accum, world_size)
     set_seed(cfg.seed)
     data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
     model = VisionTransformer.from_config(cfg.model, data.num_classes)

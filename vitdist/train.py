@@ -86,21 +86,8 @@ def train(cfg: TrainConfig) -> dict:
         raise UserError("--precision fp16 needs a CUDA GPU (it relies on loss scaling); on CPU use bf16 or no")
 
     # --- the accelerator: processes, precision, accumulation, trackers
-    # train() may run several times in one process (sweeps, tests): forget the last run's precision and
-    # accumulation, keep the process group.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
     trackers = [name for name, on in (("wandb", cfg.log.wandb), ("tensorboard", cfg.log.tensorboard)) if on]
-    accelerator = Accelerator(
-        mixed_precision=cfg.precision,
-        # optimizer_step sets the count for each step; the loader's end must not force a sync of its own.
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
-        log_with=trackers or None,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
-        # Several processes without a GPU talk over gloo (NCCL needs CUDA; DeepSpeed would pick it anyway).
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if world_size > 1 and not torch.cuda.is_available()
-        else [],
-    )
+    accelerator = make_accelerator(cfg.precision, accum, world_size, trackers, run_dir)
     assert accelerator.num_processes == world_size, (accelerator.num_processes, world_size)
     zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
     if cfg.batch.auto:  # every rank measures, and all take the smallest fit
@@ -116,6 +103,8 @@ def train(cfg: TrainConfig) -> dict:
     is_main = accelerator.is_main_process
     state = TrainState()
     resume_dir = find_resume(cfg.resume, run_dir)
+    if resume_dir is None:
+        clear_earlier_run(run_dir, cfg.overwrite or cfg.resume == "auto", accelerator)
 
     # --- data, model, optimizer
     set_seed(cfg.seed)  # the same initial weights on every rank
@@ -252,7 +241,7 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.load_state(str(best_dir))
     results = {"best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc, "epochs_run": state.epoch,
                "steps": state.step, "stopped_early": stopped_early, "num_params": derived.num_params}
-    if test_dl is not None:
+    if test_dl is not None and cfg.test_at_end:
         results["test_loss"], results["test_acc"] = evaluate(model, test_dl, augment, accelerator)
     accelerator.save_model(model, str(run_dir))  # run_dir/model.safetensors: the best weights, unwrapped
     if is_main:
@@ -266,6 +255,24 @@ def train(cfg: TrainConfig) -> dict:
     for tracker in accelerator.trackers:
         tracker.finish()
     return results
+
+
+def make_accelerator(precision: str, accum: int, world_size: int, trackers=(), run_dir: Path | None = None):
+    """The Accelerator of one run. train() may run several times in one process (sweeps, tests): forget the
+    last run's precision and accumulation, keep the process group."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(
+        mixed_precision=precision,
+        # optimizer_step sets the count for each step; the loader's end must not force a sync of its own.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
+        log_with=list(trackers) or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard"))
+        if run_dir is not None else None,
+        # Several processes without a GPU talk over gloo (NCCL needs CUDA; DeepSpeed would pick it anyway).
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if world_size > 1 and not torch.cuda.is_available()
+        else [],
+    )
 
 
 def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: int, cfg: TrainConfig,
@@ -321,8 +328,7 @@ def shrink_after_oom(accelerator: Accelerator, model, cfg: TrainConfig, micro_ba
     model.zero_grad(set_to_none=True)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    per_rank = cfg.batch.global_batch_size
-    smaller, accum = next_plan_after_oom(micro_batch, per_rank // micro_batch)
+    smaller, accum = next_plan_after_oom(micro_batch, cfg.batch.global_batch_size // micro_batch)  # one process
     accelerator.print(f"out of memory at micro-batch {micro_batch}: now micro-batch {smaller} x {accum} "
                       f"accumulation = global batch {cfg.batch.global_batch_size}; replaying the step")
     return smaller
@@ -362,6 +368,23 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) 
         for old in (run_dir / "checkpoints").iterdir():
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+EARLIER_RUN = ("metrics.jsonl", "steps.jsonl", "results.json", "model.safetensors", "checkpoints", "tensorboard")
+
+
+def clear_earlier_run(run_dir: Path, allowed: bool, accelerator: Accelerator) -> None:
+    """A fresh run must not append to an earlier run's logs: delete them if allowed, else refuse."""
+    found = [name for name in EARLIER_RUN if (run_dir / name).exists()]
+    if found and not allowed:  # every rank sees the same folder, so every rank raises
+        raise UserError(f"--run-dir {run_dir} holds an earlier run ({', '.join(found)}): continue it with "
+                        f"--resume auto, start afresh with --overwrite, or pick another --run-dir")
+    accelerator.wait_for_everyone()  # every rank has looked before rank 0 deletes
+    if found and accelerator.is_main_process:
+        for name in found:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     accelerator.wait_for_everyone()
 
 
