@@ -19,6 +19,7 @@ import yaml
 
 from conftest import REPO, run_cli, tiny_config
 from vitdist import autobatch as ab
+from vitdist.memory import DEEPSPEED_BUCKET_ELEMENTS
 from vitdist.config import ModelConfig, UserError
 from vitdist.model import VisionTransformer, count_parameters
 from vitdist.presets import PRESETS, parse_train_config
@@ -454,7 +455,7 @@ def test_configs_load_in_accelerate(monkeypatch):
                     "gradient_clipping"):
             assert ds[key] == "auto", (name, key)
         assert ds["bf16"]["enabled"] == ds["fp16"]["enabled"] == "auto"
-        assert ds["zero_optimization"]["reduce_bucket_size"] == ab.DEEPSPEED_BUCKET_ELEMENTS
+        assert ds["zero_optimization"]["reduce_bucket_size"] == DEEPSPEED_BUCKET_ELEMENTS
         # What `accelerate launch` tells the plugin about the YAML's own DeepSpeed keys, then the plugin itself.
         monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", ",".join(cfg.deepspeed_config))
         plugin = DeepSpeedPlugin(hf_ds_config=str(ds_json), zero3_init_flag=cfg.deepspeed_config["zero3_init_flag"])
