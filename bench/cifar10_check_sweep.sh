@@ -5,14 +5,8 @@
 #      a verdict per curve and the recommended rate, in SWEEP_DIR/sweep.json and sweep.png.
 #   bench/cifar10_check_sweep.sh [extra sweep flags, e.g. --epochs 5 --data.train-subset 10000]
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-tarball=${CIFAR10_TARBALL:-$here/../shared/data/cifar10-jpeg.tar.gz}
-cache=${VITDIST_CACHE:-$HOME/.cache/vitdist}/cifar10-jpeg
-if [ ! -d "$cache/cifar10/train" ]; then
-  [ -f "$tarball" ] || { echo "bench: $tarball not found (the shared CIFAR-10 copy); set CIFAR10_TARBALL" >&2; exit 2; }
-  mkdir -p "$cache" && tar -xzf "$tarball" -C "$cache"
-fi
-vitdist=${VITDIST:-$here/.venv/bin/vitdist}
+# shellcheck source=bench/cifar10_data.sh
+source "$(dirname "$0")/cifar10_data.sh"
 data=(--data.name imagefolder --data.root "$cache/cifar10")
 set -x
 time "$vitdist" check --preset tiny "${data[@]}"

@@ -3,15 +3,9 @@
 # epoch and images per second, as printed by the trainer (and in RUN_DIR/metrics.jsonl).
 #   bench/cifar10_tiny.sh [EPOCHS] [extra train flags...]
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
 epochs=${1:-5}; shift || true
-tarball=${CIFAR10_TARBALL:-$here/../shared/data/cifar10-jpeg.tar.gz}
-cache=${VITDIST_CACHE:-$HOME/.cache/vitdist}/cifar10-jpeg
-if [ ! -d "$cache/cifar10/train" ]; then
-  [ -f "$tarball" ] || { echo "bench: $tarball not found (the shared CIFAR-10 copy); set CIFAR10_TARBALL" >&2; exit 2; }
-  mkdir -p "$cache" && tar -xzf "$tarball" -C "$cache"
-fi
-vitdist=${VITDIST:-$here/.venv/bin/vitdist}
+# shellcheck source=bench/cifar10_data.sh
+source "$(dirname "$0")/cifar10_data.sh"
 set -x
 "$vitdist" train --preset tiny --data.name imagefolder --data.root "$cache/cifar10" --epochs "$epochs" \
-  --optim.warmup-epochs 1 --run-dir "${RUN_DIR:-$here/runs/cifar10-tiny-e$epochs}" --log.no-progress "$@"
+  --optim.warmup-epochs 1 --run-dir "${RUN_DIR:-$here/runs/cifar10-tiny-e$epochs}" --overwrite --log.no-progress "$@"
