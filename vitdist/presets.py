@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from dataclasses import replace
 
-from .config import ConfigError, DataConfig, ModelConfig, OptimConfig, TrainConfig, BatchConfig
+from .config import BatchConfig, ConfigError, TrainConfig
 
 # The checklist's full template: embed 128, 4 layers, 4 heads, FFN 4 x embed, dropout 0.1, batch 128,
 # 100 epochs, AdamW lr 1e-3 / wd 1e-4, clip 1.0, label smoothing 0.1, 5 warmup epochs + cosine,
