@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+# Tests keep their decoded-image and autobatch caches out of the user's ~/.cache (set before vitdist loads).
+os.environ.setdefault("VITDIST_CACHE", tempfile.mkdtemp(prefix="vitdist-test-cache-"))
 
 from vitdist.config import BatchConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, TrainConfig
 
@@ -47,14 +51,12 @@ def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def cifar10_root(tmp_path_factory):
-    """The shared CIFAR-10 JPEG copy unpacked once per session; skips where ../shared/data lacks it."""
-    if not SHARED_DATA.exists():
-        pytest.skip(f"needs {SHARED_DATA} (the shared CIFAR-10 copy), absent here")
-    import tarfile
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process fight the other processes
+    and run the tiny test models 10-50x slower."""
+    import torch
 
-    dest = tmp_path_factory.getbasetemp() / "cifar10-jpeg"
-    if not (dest / "cifar10").exists():
-        with tarfile.open(SHARED_DATA) as tar:
-            tar.extractall(dest, filter="data")
-    return dest / "cifar10"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -282,7 +282,7 @@ def test_probe_leaves_no_gradients_after_an_oom(monkeypatch, tmp_path):
 # --- the cache
 
 def test_cache_round_trip_and_keys(monkeypatch, tmp_path):
-    monkeypatch.setenv("VITDIST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VITDIST_CACHE", str(tmp_path / "cache"))
     m = PRESETS["base"][1].model
     key = ab.cache_key("NVIDIA H200", 141e9, m, 10, "bf16", 0)
     assert ab.read_cache(key) is None
@@ -367,7 +367,7 @@ class FakeGpu:
 
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
-    monkeypatch.setenv("VITDIST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VITDIST_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ab, "StepProbe", FakeGpu)
 
     class Props:

@@ -12,14 +12,7 @@ from vitdist.config import ModelConfig
 from vitdist.data import _synthetic
 from vitdist.model import VisionTransformer
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process fight the other processes
-    and run these tiny models 10-50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CFG = ModelConfig(embed_dim=32, num_layers=2, num_heads=2, dim_feedforward=64, dropout=0.0)

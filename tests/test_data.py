@@ -87,12 +87,21 @@ def test_imagefolder_with_train_and_test(tmp_path):
 
 
 @pytest.mark.data
-def test_shared_cifar10_layout(tmp_path):
+def test_the_shared_cifar10_copy_loads_as_an_imagefolder(tmp_path):
+    """A slice of ../shared/data's CIFAR-10 JPEGs (8 per class and split) through the real imagefolder path."""
     if not SHARED_DATA.exists():
         pytest.skip(f"needs {SHARED_DATA} (the shared CIFAR-10 copy), absent here")
-    with tarfile.open(SHARED_DATA) as tar:  # a few members only: the full set is for benchmarks
-        members = [m for m in tar if m.isfile() and m.name.count("/") == 3][:1]
-        names = tar.getnames()
-    classes = sorted({n.split("/")[2] for n in names if n.count("/") >= 2 and n.split("/")[1] == "train"})
-    assert classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    assert members
+    taken = {}
+    with tarfile.open(SHARED_DATA) as tar:
+        for member in tar:
+            parts = member.name.split("/")  # cifar10/<split>/<class>/<file>.jpg
+            if member.isfile() and len(parts) == 4 and taken.get(tuple(parts[1:3]), 0) < 8:
+                taken[tuple(parts[1:3])] = taken.get(tuple(parts[1:3]), 0) + 1
+                tar.extract(member, tmp_path, filter="data")
+    data = load_data(DataConfig(name="imagefolder", root=str(tmp_path / "cifar10"), val_fraction=0.25),
+                     img_size=32, seed=0)
+    assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                            "truck"]
+    assert (len(data.train), len(data.val), len(data.test)) == (60, 20, 80)
+    x, _ = data.train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and 20 < x.float().mean() < 235

@@ -8,19 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vitdist import sweep
 from vitdist.sweep import lr_curve_verdict, main
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process fight the other processes
-    and run these tiny models 10-50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_FLAGS = ["--data.name", "synthetic", "--data.synthetic-size", "320", "--data.val-fraction", "0.2",

@@ -7,7 +7,7 @@ The measurement runs real training steps (forward, backward, clipping, AdamW) of
 precision, growing the micro-batch by doubling until a step runs out of memory, then bisecting. Each trial's
 verdict is the minimum over all ranks, so every rank walks the same search and ends with the same answer.
 SAFETY_MARGIN is then taken off. Results are cached per GPU, model, precision and ZeRO stage in
-~/.cache/vitdist/autobatch.json (VITDIST_CACHE_DIR moves it).
+~/.cache/vitdist/autobatch.json (VITDIST_CACHE moves it).
 
 The trainer's --batch.auto calls resolve_micro_batch(); next_plan_after_oom() and note_oom() are its fallback
 when a step still runs out of memory later.
@@ -288,7 +288,7 @@ def measure(cfg: TrainConfig, num_classes: int, device: torch.device, max_batch:
 # --- the cache: ~/.cache/vitdist/autobatch.json, {key: measurement}
 
 def cache_path() -> Path:
-    return Path(os.environ.get("VITDIST_CACHE_DIR") or "~/.cache/vitdist").expanduser() / "autobatch.json"
+    return Path(os.environ.get("VITDIST_CACHE") or "~/.cache/vitdist").expanduser() / "autobatch.json"
 
 
 def cache_key(gpu: str, memory_bytes: float, m: ModelConfig, num_classes: int, precision: str, zero_stage: int,
