@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sets variables for the script that sources it
 # Sourced by the bench scripts: unpacks the shared CIFAR-10 JPEG copy once into the cache and sets $cache.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tarball=${CIFAR10_TARBALL:-$here/../shared/data/cifar10-jpeg.tar.gz}

@@ -14,6 +14,19 @@ count_gpus() {
     fi
 }
 
+# Sets num_gpus from a leading count argument (then returns 0: the caller shifts it off) or from the machine
+# (returns 1); stops with exit status 2 when there is no GPU.
+take_num_gpus() {
+    if [[ ${1:-} =~ ^[0-9]+$ ]]; then
+        num_gpus=$1
+        require_gpus "$num_gpus"
+        return 0
+    fi
+    num_gpus=$(count_gpus)
+    require_gpus "$num_gpus"
+    return 1
+}
+
 require_gpus() {
     if [[ $1 -lt 1 ]]; then
         echo "$(basename "$0"): error: no GPU found (nvidia-smi lists none): pass the count as the first argument," \

@@ -17,13 +17,7 @@ case ${1:-} in
     *) echo "launch/deepspeed.sh: error: ZeRO stage '$1' is not one of 1, 2, 3, 3-offload" >&2; echo "$usage" >&2; exit 2 ;;
 esac
 shift
-if [[ ${1:-} =~ ^[0-9]+$ ]]; then
-    num_gpus=$1
-    shift
-else
-    num_gpus=$(count_gpus)
-fi
-require_gpus "$num_gpus"
+if take_num_gpus "${1:-}"; then shift; fi
 # The JSON path is passed absolute so the launch works from any directory (the YAML's is relative to the repo).
 cmd=(accelerate launch --config_file "$ROOT/configs/$name.yaml"
      --deepspeed_config_file "$ROOT/configs/ds_$name.json" --num_processes "$num_gpus"

@@ -8,13 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=launch/common.sh
 source "$ROOT/launch/common.sh"
 
-if [[ ${1:-} =~ ^[0-9]+$ ]]; then
-    num_gpus=$1
-    shift
-else
-    num_gpus=$(count_gpus)
-fi
-require_gpus "$num_gpus"
+if take_num_gpus "${1:-}"; then shift; fi
 cmd=(accelerate launch --config_file "$ROOT/configs/multi_gpu.yaml" --num_processes "$num_gpus"
      -m vitdist.train "$@")
 echo "+ ${cmd[*]}" >&2
