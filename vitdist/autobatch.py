@@ -15,7 +15,6 @@ when a step still runs out of memory later.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -433,16 +432,10 @@ class AutobatchArgs:
 
 
 def parse_args(argv: list[str] | None) -> AutobatchArgs:
-    from .presets import PRESETS, get_preset
+    from .presets import parse_with_preset
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="tiny")
-    known, rest = pre.parse_known_args(argv)
-    return tyro.cli(AutobatchArgs, default=AutobatchArgs(train=get_preset(known.preset)), args=rest,
-                    prog="vitdist autobatch",
-                    description=f"Measure the largest micro-batch that fits and plan accumulation. --preset NAME "
-                                f"picks the model ({', '.join(PRESETS)}; now: {known.preset}); train flags "
-                                f"override it.")
+    return parse_with_preset(AutobatchArgs, argv, "vitdist autobatch",
+                             "Measure the largest micro-batch that fits and plan accumulation.")
 
 
 def read_zero_config(path: str) -> tuple[int, bool]:

@@ -237,22 +237,14 @@ def run_checks(cfg: TrainConfig, samples: int = OVERFIT_SAMPLES, max_steps: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     from .cli import exit_on_user_error
     from .config import UserError
-    from .presets import PRESETS, get_preset
+    from .presets import parse_with_preset
 
     argv = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
-        pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument("--preset", default="tiny")
-        known, rest = pre.parse_known_args(argv)
-        base = get_preset(known.preset)
-        args = tyro.cli(CheckArgs, default=CheckArgs(train=base), args=rest, prog="vitdist check",
-                        description=f"Shape, gradient and overfit checks before training (PASS/FAIL, exit 1 on a "
-                                    f"FAIL). --preset NAME picks the model and data ({', '.join(PRESETS)}; now: "
-                                    f"{known.preset}); train flags override it.")
+        args = parse_with_preset(CheckArgs, argv, "vitdist check",
+                                 "Shape, gradient and overfit checks before training (PASS/FAIL, exit 1 on a FAIL).")
         for name in ("overfit_samples", "overfit_steps"):
             if getattr(args, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -74,8 +74,9 @@ def changed_fields(cfg: TrainConfig, base: TrainConfig = TINY, prefix: str = "")
     return out
 
 
-def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> TrainConfig:
-    """`--preset NAME` picks the defaults; every other flag overrides one field of it (tyro)."""
+def parse_with_preset(cls, argv: list[str] | None, prog: str, summary: str):
+    """tyro.cli(cls) where `--preset NAME` (default tiny) picks the defaults and every other flag overrides one
+    field. cls is TrainConfig itself, or a command's arguments dataclass whose `train` field holds one."""
     import argparse
 
     import tyro
@@ -84,9 +85,13 @@ def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> T
     pre.add_argument("--preset", default="tiny")
     known, rest = pre.parse_known_args(argv)
     base = get_preset(known.preset)
-    return tyro.cli(TrainConfig, default=base, args=rest, prog=prog,
-                    description=f"Train a ViT. --preset NAME picks the defaults shown below "
-                                f"({', '.join(PRESETS)}; now: {known.preset}); each flag overrides one field.")
+    return tyro.cli(cls, default=base if cls is TrainConfig else cls(train=base), args=rest, prog=prog,
+                    description=f"{summary} --preset NAME picks the defaults shown below ({', '.join(PRESETS)}; "
+                                f"now: {known.preset}); each flag overrides one field.")
+
+
+def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> TrainConfig:
+    return parse_with_preset(TrainConfig, argv, prog, "Train a ViT.")
 
 
 def main(argv: list[str] | None = None) -> int:

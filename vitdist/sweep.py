@@ -15,7 +15,6 @@ Under `accelerate launch` every process runs the same trials; only rank 0 writes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -632,7 +631,7 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import exit_on_user_error
-    from .presets import PRESETS, get_preset
+    from .presets import parse_with_preset
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -642,14 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         mode, rest = argv[0], argv[1:]
         if mode not in COMMANDS:
             raise UserError(f"sweep mode {mode!r} is unknown: choose one of {', '.join(COMMANDS)}")
-        pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument("--preset", default="tiny")
-        known, rest = pre.parse_known_args(rest)
-        base = get_preset(known.preset)
         cls = {"lr": LrSweepArgs, "range": RangeArgs, "grid": GridArgs}[mode]
-        args = tyro.cli(cls, default=cls(train=base), args=rest, prog=f"vitdist sweep {mode}",
-                        description=f"{COMMANDS[mode]}. --preset NAME picks the defaults ({', '.join(PRESETS)}; "
-                                    f"now: {known.preset}); train flags override it.")
+        args = parse_with_preset(cls, rest, f"vitdist sweep {mode}", f"{COMMANDS[mode]}.")
         if mode == "lr":
             sweep_lr(args.train, list(args.lrs), args.sweep_dir, args.schedule)
         elif mode == "range":
