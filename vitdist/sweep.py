@@ -170,7 +170,10 @@ def _finite(value) -> bool:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """A trial's log; a run that died before writing one has none."""
+    from .diagnose import read_jsonl
+
+    return read_jsonl(path) if path.exists() else []
 
 
 def _train_one(cfg: TrainConfig) -> tuple[dict | None, str | None]:
