@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from .config import ConfigError, ModelConfig, TrainConfig, UserError
+from .config import DATASET_CLASSES, ConfigError, ModelConfig, TrainConfig, UserError
 from .memory import GB, estimate_memory, print_estimate, vit_param_counts
 
 # The probe's step is the training step without what a long run adds: Mixup/CutMix soft targets, allocator
@@ -40,7 +40,9 @@ SAFETY_MARGIN = 0.10
 # The flash and memory-efficient attention kernels launch the batch on a CUDA grid axis: at most 65,535.
 CUDA_MAX_BATCH = 65535
 DEFAULT_MAX_BATCH = 32768
-DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
+# torch.OutOfMemoryError is torch 2.5's device-agnostic name; torch.cuda.OutOfMemoryError is the same class
+# there, and the only one in torch 2.4, which vitdist still supports.
+OutOfMemoryError = torch.cuda.OutOfMemoryError
 
 
 # --- the search: a pure function of try_batch
@@ -56,7 +58,7 @@ def find_max_batch(try_batch: Callable[[int], bool], max_batch: int, *, toleranc
                    reduce_min: Optional[Callable[[int], int]] = None) -> SearchResult:
     """Largest b in [1, max_batch] for which try_batch(b) holds: double from 1, then bisect.
 
-    try_batch returns False or raises torch.OutOfMemoryError when b does not fit. Each verdict goes through
+    try_batch returns False or raises OutOfMemoryError when b does not fit. Each verdict goes through
     reduce_min (default: the minimum over torch.distributed ranks when initialised) so that all ranks agree
     on every step of the search. Bisection stops once the bracket is within `tolerance` of the lower end.
     """
@@ -66,7 +68,7 @@ def find_max_batch(try_batch: Callable[[int], bool], max_batch: int, *, toleranc
     def fits(b: int) -> bool:
         try:
             ok = bool(try_batch(b))
-        except torch.OutOfMemoryError:
+        except OutOfMemoryError:
             ok = False
         ok = bool(reduce_min(int(ok)))
         trials.append((b, ok))
@@ -224,7 +226,7 @@ class StepProbe:
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
             self.step(b)
-        except torch.OutOfMemoryError:
+        except OutOfMemoryError:
             ok = False
         else:
             ok = True

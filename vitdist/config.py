@@ -79,6 +79,8 @@ def _divisor_hint(n: int) -> str:
 
 
 DataName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
+# Classes of each source that has a fixed count (an ImageFolder's is its number of class folders).
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def _decode_cached(files: FileImages, where: Path) -> TensorImages:
                        f"{os.stat(files.samples[-1][0]).st_mtime_ns}".encode()).hexdigest()[:16]
     cache = DEFAULT_ROOT / "decoded" / f"{where.name}-{key}.pt"
     if cache.exists():
-        d = torch.load(cache)
+        d = torch.load(cache, weights_only=True)  # tensors only: the default from torch 2.6, explicit for 2.4-2.5
         return TensorImages(d["images"], d["labels"])
     from tqdm.auto import tqdm
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import tyro
 
-from .config import TrainConfig, UserError, to_dict
+from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
 
 # --- thresholds. Accuracies are fractions; "gap" is train accuracy minus validation accuracy at the last epoch.
 
@@ -33,9 +33,6 @@ UNDERFIT_TRAIN_ACC = 0.85  # the mild row's train accuracy: below it, with no ga
 # without label smoothing and mixing.
 DIVERGED_LOSS_RATIO = 1.1
 DIVERGED_PEAK_RATIO = 2.0
-# Classes of the built-in data sets, for ln(classes) when config.json does not set model.num_classes.
-DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
-
 # Trends are read from the per-epoch training loss; with fewer epochs than MIN_TREND_POINTS, from steps.jsonl
 # averaged in STEP_WINDOWS windows (each at least MIN_STEPS_PER_WINDOW steps); with neither, not at all.
 MIN_TREND_POINTS = 4

@@ -22,6 +22,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from .autobatch import OutOfMemoryError, next_plan_after_oom, note_oom, resolve_micro_batch
 from .config import TrainConfig, UserError, to_dict
 from .data import BatchAugment, eval_loader, load_data, train_loader
 from .model import VisionTransformer, count_parameters
@@ -91,8 +92,6 @@ def train(cfg: TrainConfig) -> dict:
     assert accelerator.num_processes == world_size, (accelerator.num_processes, world_size)
     zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
     if cfg.batch.auto:  # every rank measures, and all take the smallest fit
-        from .autobatch import resolve_micro_batch
-
         measured = resolve_micro_batch(cfg, world_size, accelerator.device, zero_stage, log=accelerator.print)
         micro_batch, accum = batch_plan(cfg.batch.global_batch_size, measured, world_size)
     if accelerator.state.deepspeed_plugin is not None:
@@ -180,7 +179,7 @@ def train(cfg: TrainConfig) -> dict:
                     step_sums, loss_value, norm_value = optimizer_step(
                         accelerator, model, optimizer, augment, x, y, micro_batch, cfg, input_dtype)
                     break
-                except torch.OutOfMemoryError:
+                except OutOfMemoryError:
                     micro_batch = shrink_after_oom(accelerator, model, cfg, micro_batch, zero_stage)
             if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
                 bar.close()
@@ -319,8 +318,6 @@ def shrink_after_oom(accelerator: Accelerator, model, cfg: TrainConfig, micro_ba
     DeepSpeed fixed its accumulation count at start. There the run stops, and a restart with --resume auto
     --batch.auto begins below the size that failed.
     """
-    from .autobatch import next_plan_after_oom, note_oom
-
     note_oom(cfg, accelerator.device, micro_batch, zero_stage)
     if accelerator.num_processes > 1 or accelerator.state.deepspeed_plugin is not None:
         raise UserError(f"out of memory at micro-batch {micro_batch}: rerun with --resume auto --batch.auto "
