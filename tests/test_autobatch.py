@@ -560,6 +560,6 @@ def test_slurm_runs_one_accelerate_per_node(fake_bin, tmp_path):
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_launchers_are_shellcheck_clean():
-    scripts = sorted(str(p.relative_to(REPO)) for p in (REPO / "launch").iterdir())
+    scripts = sorted(str(p.relative_to(REPO)) for p in [*(REPO / "launch").iterdir(), *(REPO / "bench").glob("*.sh")])
     out = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stdout
