@@ -226,6 +226,28 @@ def test_activation_estimate_matches_what_autograd_saves(precision, dropout):
     assert predicted == pytest.approx(measured, rel=0.05), (predicted, measured)
 
 
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_estimated_peak_matches_the_tracked_peak_of_a_real_step(precision, dropout, tmp_path):
+    """The whole step (forward, backward, clip, AdamW) as autobatch's probe runs it, with every live tensor
+    tracked by PyTorch's MemTracker: the CPU's stand-in for torch.cuda.max_memory_allocated. At batch 1 the
+    optimizer step sets the peak (weights, moments, gradients); at 64 the activations do."""
+    mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker", reason="MemTracker needs torch 2.5+")
+    base = tiny_config(tmp_path)
+    cfg = replace(base, precision=precision, model=replace(base.model, img_size=32, patch_size=4, embed_dim=128,
+                                                           num_layers=2, num_heads=4, dim_feedforward=512,
+                                                           dropout=dropout))
+    est = ab.estimate_memory(cfg.model, 10, precision, device_type="cpu")
+    probe = ab.StepProbe(cfg, 10, torch.device("cpu"))  # its first step has created AdamW's moments
+    for batch in (1, 64):
+        tracker = mem_tracker.MemTracker()
+        tracker.track_external(probe.model, probe.optimizer)
+        with tracker:
+            probe.step(batch)
+        tracked = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+        assert 0.95 <= est.peak(batch) / tracked <= 1.05, (batch, est.peak(batch), tracked)
+
+
 def test_zero_stages_shard_the_model_states():
     m = PRESETS["base"][1].model
     params = ab.vit_param_counts(m, 10)[0]

@@ -30,20 +30,22 @@ def vit_param_counts(m: ModelConfig, num_classes: int) -> tuple[int, int]:
 class MemoryEstimate:
     """Bytes of one training step on one rank, as three groups of named parts."""
 
-    fixed: dict[str, float]  # held through the forward pass, whatever the batch
+    fixed: dict[str, float]  # held through the whole step, whatever the batch
+    passes_only: dict[str, float]  # held through the forward and backward passes only, whatever the batch
     step_only: dict[str, float]  # added around the optimizer step, when the activations are gone
     per_sample: dict[str, float]  # grows with the micro-batch
     assumption: str  # the kernels and dtypes assumed, printed with the figures
 
     def peak(self, batch: int) -> float:
-        forward = sum(self.fixed.values()) + batch * sum(self.per_sample.values())
-        return max(forward, sum(self.fixed.values()) + sum(self.step_only.values()))
+        fixed = sum(self.fixed.values())
+        passes = fixed + sum(self.passes_only.values()) + batch * sum(self.per_sample.values())
+        return max(passes, fixed + sum(self.step_only.values()))
 
     def max_batch(self, budget: float) -> int:
-        room = budget - sum(self.fixed.values())
-        if room < sum(self.step_only.values()):
+        fixed = sum(self.fixed.values())
+        if budget - fixed < sum(self.step_only.values()):
             return 0
-        return int(room // sum(self.per_sample.values()))
+        return max(0, int((budget - fixed - sum(self.passes_only.values())) // sum(self.per_sample.values())))
 
 
 def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage: int = 0, world_size: int = 1,
@@ -54,24 +56,29 @@ def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage
     pass (which saves 16-bit copies of the weights for backward). Stages 1-3 follow DeepSpeed: the model itself
     in 16 bits, fp32 master weights and AdamW moments sharded over the ranks (ZeRO paper, sec. 5).
     Activations count what autograd saves in the model as written (model.py), checked on CPU against the saved
-    tensors themselves. On CUDA, SDPA's flash and memory-efficient kernels keep no tokens x tokens matrix (only
+    tensors themselves; the whole step's peak is checked on CPU against PyTorch's MemTracker, which follows
+    every live tensor (tests/test_autobatch.py: within 5%; 2% for the presets). On CUDA, SDPA's flash and memory-efficient kernels keep no tokens x tokens matrix (only
     q, k, v, the output and a log-sum-exp), and dropout keeps a 1-byte mask; on CPU with dropout, SDPA falls
     back to its math kernel, which keeps fp32 copies and three tokens x tokens tensors per head.
     """
     params, matrices = vit_param_counts(m, num_classes)
     mixed = precision in ("bf16", "fp16")
+    cuda = device_type == "cuda"
     n = world_size
-    fixed, step_only = {}, {}
+    fixed, passes_only, step_only = {}, {}, {}
+    # AdamW on CUDA runs for_each over a whole parameter group: a temporary the size of the group's tensors
+    # (the decayed matrices are the larger group). On CPU it goes tensor by tensor: two of the largest one.
+    adamw_temp = 4 * matrices if cuda else 2 * 4 * max(m.embed_dim * m.dim_feedforward, 3 * m.embed_dim ** 2)
     if zero_stage == 0:
         r, a = 4, (2 if mixed else 4)  # residual stream bytes, matmul output bytes
         fixed["weights (fp32)"] = 4 * params
         fixed["AdamW moments (fp32)"] = 8 * params
-        if mixed:
-            fixed["16-bit weight copies (autocast)"] = 2 * matrices
+        if mixed:  # saved for backward, freed with the activations: gone by the optimizer step
+            passes_only["16-bit weight copies (autocast)"] = 2 * matrices
         if n > 1:
             fixed["DDP gradient buckets"] = 4 * params
         step_only["gradients (fp32)"] = 4 * params
-        step_only["AdamW temporaries"] = 4 * params
+        step_only["AdamW temporaries"] = adamw_temp
     else:
         r = a = wb = 2 if mixed else 4  # DeepSpeed runs the whole model in its dtype
         bucket = 2 * min(DEEPSPEED_BUCKET_ELEMENTS, params) * wb
@@ -84,9 +91,8 @@ def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage
                 wb * params / (n if zero_stage >= 2 else 1))
             fixed[f"fp32 master + AdamW{' 1/%d' % n if n > 1 else ''}"] = (12 if mixed else 8) * params / n
             fixed["DeepSpeed buckets"] = bucket
-            step_only["AdamW temporaries"] = 4 * params / n
+            step_only["AdamW temporaries"] = 4 * params / n  # the ZeRO optimizer steps one flat fp32 partition
     T, d, f, h, L = m.num_patches + 1, m.embed_dim, m.dim_feedforward, m.num_heads, m.num_layers
-    cuda = device_type == "cuda"
     dropout = m.dropout > 0
     mask = (1 if cuda else a) if dropout else 0  # CUDA's dropout keeps a bool mask, the CPU's one of x's dtype
     res_mask = (1 if cuda else r) if dropout else 0
@@ -103,13 +109,17 @@ def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage
     edges = (a * pixels if a != 4 else 0) + res_mask * T * d + r * T * d + 12 * num_classes
     per_sample = {"activations saved for backward": L * block + edges,
                   "input batch (fp32)": 4 * pixels,
-                  "backward working memory": r * T * d}
+                  # The peak comes early in backward, in the last block's fc2: its input's gradient, beside the
+                  # incoming gradient as the fp32 residual stream hands it to the 16-bit matmul (measured on CPU
+                  # with PyTorch's MemTracker). CUDA's flash backward adds a 128-token padded fp32 dq buffer
+                  # later, in the attention, once the MLP's tensors are freed: about as large for the presets.
+                  "backward working memory": a * T * f + (r - a) * T * d}
     if zero_stage == 0:
         dtypes = f"{precision} autocast over fp32 weights" if mixed else "fp32"
     else:
         dtypes = (f"DeepSpeed ZeRO-{zero_stage}{' + offload' if offload else ''}, "
                   f"the model in {precision if mixed else 'fp32'}")
-    return MemoryEstimate(fixed, step_only, per_sample, f"{kernel}; {dtypes}")
+    return MemoryEstimate(fixed, passes_only, step_only, per_sample, f"{kernel}; {dtypes}")
 
 
 
@@ -122,14 +132,14 @@ def human(n: float) -> str:
 
 def print_estimate(say, est: MemoryEstimate, batch: int, measured_peak: Optional[int] = None) -> None:
     say(f"  memory at micro-batch {batch:,} (analytic; assumes {est.assumption}):")
-    for name, value in est.fixed.items():
-        say(f"    {name:<44} {human(value):>10}")
-    for name, value in est.per_sample.items():
-        say(f"    {name:<44} {human(batch * value):>10}   ({human(value)} per sample)")
-    for name, value in est.step_only.items():
-        say(f"    {name + ' (optimizer step only)':<44} {human(value):>10}")
-    line = f"    {'estimated peak':<44} {human(est.peak(batch)):>10}"
+    rows = [(name, value, "") for name, value in est.fixed.items()]
+    rows += [(f"{name} (forward and backward only)", value, "") for name, value in est.passes_only.items()]
+    rows += [(name, batch * value, f"   ({human(value)} per sample)") for name, value in est.per_sample.items()]
+    rows += [(f"{name} (optimizer step only)", value, "") for name, value in est.step_only.items()]
+    rows.append(("estimated peak", est.peak(batch), ""))
     if measured_peak:
-        line += (f"   measured peak (torch.cuda.max_memory_allocated) {human(measured_peak)}, "
-                 f"estimate/measured {est.peak(batch) / measured_peak:.2f}")
-    say(line)
+        rows[-1] = (*rows[-1][:2], f"   measured peak (torch.cuda.max_memory_allocated) {human(measured_peak)}, "
+                                   f"estimate/measured {est.peak(batch) / measured_peak:.2f}")
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, note in rows:
+        say(f"    {name:<{width}} {human(value):>10}{note}")
