@@ -38,7 +38,8 @@ def main() -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32, 256])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, CPU; patch 8 on 32px (17 tokens), {NUM_CLASSES} classes")
-    print(f"{'preset':<6} {'precision':>9} {'dropout':>7} {'batch':>6} {'tracked':>10} {'estimate':>10} {'est/tracked':>11}")
+    print(f"{'preset':<6} {'precision':>9} {'dropout':>7} {'batch':>6} {'tracked':>10} {'estimate':>10} "
+          f"{'est/tracked':>11}")
     ratios = []
     for name in args.presets:
         for precision in ("no", "bf16"):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitdist import sweep
+from vitdist import lr_range, sweep
+from vitdist.grid import apply_overrides, parse_grid
 from vitdist.sweep import lr_curve_verdict, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,7 +126,7 @@ def test_range_suggestion_is_at_the_steepest_descent():
     lrs = list(np.geomspace(1e-6, 1, 200))
     x = np.log10(lrs)
     losses = list(2.3 - 1.0 / (1 + np.exp(-(x + 3) * 4)) + np.where(x > -1, (x + 1) * 20, 0))  # steepest at 1e-3
-    out = sweep.range_suggestion(lrs, losses, span=5)
+    out = lr_range.range_suggestion(lrs, losses, span=5)
     assert 5e-4 < out["suggested_lr"] < 2e-3, out["suggested_lr"]
     assert 0.05 < out["min_loss_lr"] < 0.2
 
@@ -206,11 +207,11 @@ def test_sweep_grid_end_to_end(tmp_path, capsys):
 def test_apply_overrides_types_and_nesting():
     from vitdist.presets import TINY
 
-    grid = sweep.parse_grid(["optim.weight-decay=1e-4,1e-3", "data.augment=false", "epochs=3",
+    grid = parse_grid(["optim.weight-decay=1e-4,1e-3", "data.augment=false", "epochs=3",
                              "model.num_classes=none,10", "precision=bf16"])
     assert grid == {"optim.weight_decay": [1e-4, 1e-3], "data.augment": [False], "epochs": [3],
                     "model.num_classes": [None, 10], "precision": ["bf16"]}
-    cfg = sweep.apply_overrides(TINY, {"optim.weight_decay": 1e-3, "data.augment": False, "epochs": 3})
+    cfg = apply_overrides(TINY, {"optim.weight_decay": 1e-3, "data.augment": False, "epochs": 3})
     assert cfg.optim.weight_decay == 1e-3 and not cfg.data.augment and cfg.epochs == 3
     assert cfg.optim.lr == TINY.optim.lr and cfg.model == TINY.model  # nothing else moved
 

@@ -523,15 +523,16 @@ def run(args: AutobatchArgs) -> int:
         say(f"checklist table: {f'micro-batch {guess[0]}-{guess[1]}' if guess else 'below 4 GB: no row'} for "
             f"{budget / GB:.0f} GB (a starting guess)")
         # Up to --max-batch, not only what this global batch needs: the card's real limit is the news here.
-        meas = measure_cached(cfg, k, device, args.max_batch, stage, offload, args.memory_gb, args.refresh, progress=True)
+        meas = measure_cached(cfg, k, device, args.max_batch, stage, offload, args.memory_gb, args.refresh,
+                              progress=True)
         if meas.largest == 0:
             raise UserError(f"even a micro-batch of 1 runs out of memory on {torch.cuda.get_device_name(device)}: "
                             f"use --precision bf16, a smaller model, or --zero-stage 3 --offload")
         how = (f"cached in {cache_path()} (--refresh to measure again)" if meas.cached
                else f"{meas.trials} trials in {meas.seconds:.0f} s, doubling then bisecting")
+        capped = " (the search cap, --max-batch: more may fit)" if meas.capped else ""
         say(f"measured: largest micro-batch whose step ran (forward, backward, clip, AdamW; no DeepSpeed), "
-            f"minimum over ranks: {meas.largest:,}{' (the search cap, --max-batch: more may fit)' if meas.capped else ''}"
-            f" [{how}]")
+            f"minimum over ranks: {meas.largest:,}{capped} [{how}]")
         safe = with_margin(meas.largest, args.safety_margin)
         say(f"less the {args.safety_margin:.0%} safety margin: micro-batch {safe:,}")
         as_measured = estimate_memory(m, k, cfg.precision, 0, 1, False, "cuda")

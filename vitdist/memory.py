@@ -57,9 +57,10 @@ def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage
     in 16 bits, fp32 master weights and AdamW moments sharded over the ranks (ZeRO paper, sec. 5).
     Activations count what autograd saves in the model as written (model.py), checked on CPU against the saved
     tensors themselves; the whole step's peak is checked on CPU against PyTorch's MemTracker, which follows
-    every live tensor (tests/test_autobatch.py: within 5%; 2% for the presets). On CUDA, SDPA's flash and memory-efficient kernels keep no tokens x tokens matrix (only
-    q, k, v, the output and a log-sum-exp), and dropout keeps a 1-byte mask; on CPU with dropout, SDPA falls
-    back to its math kernel, which keeps fp32 copies and three tokens x tokens tensors per head.
+    every live tensor (tests/test_autobatch.py: within 5%; 2% for the presets). On CUDA, SDPA's flash and
+    memory-efficient kernels keep no tokens x tokens matrix (only q, k, v, the output and a log-sum-exp), and
+    dropout keeps a 1-byte mask; on CPU with dropout, SDPA falls back to its math kernel, which keeps fp32
+    copies and three tokens x tokens tensors per head.
     """
     params, matrices = vit_param_counts(m, num_classes)
     mixed = precision in ("bf16", "fp16")

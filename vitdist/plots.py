@@ -160,6 +160,31 @@ def plot_sweep(curves: dict[str, list[tuple[int, float]]], verdicts: dict[str, s
     return path
 
 
+
+def plot_range(report: dict, path: str | Path, stop_factor: float) -> Path:
+    """The range test's loss against lr (log x), raw and smoothed, with the suggestion marked; the y axis stops
+    at stop_factor x the smoothed minimum, where the test stopped."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(report["lrs"], report["losses"], color="0.75", lw=1, label="loss per step")
+    if report.get("smoothed"):
+        ax.plot(report["lrs"][:len(report["smoothed"])], report["smoothed"], color="C0", lw=2,
+                label="smoothed (centred mean)")
+        low = min(report["smoothed"])
+        ax.set_ylim(low * 0.9, min(max(report["smoothed"]), stop_factor * low) * 1.1)
+    for key, color, name in (("suggested_lr", "C2", "suggested"), ("min_loss_lr", "C3", "min loss")):
+        if report.get(key):
+            ax.axvline(report[key], color=color, ls="--", label=f"{name} {report[key]:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"LR range test: {report['steps_run']} steps; {report['stopped']}", fontsize=9)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
 @dataclass
 class PlotArgs:
     run_dirs: tyro.conf.Positional[tuple[str, ...]]
