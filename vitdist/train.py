@@ -180,7 +180,8 @@ def train(cfg: TrainConfig) -> dict:
                         accelerator, model, optimizer, augment, x, y, micro_batch, cfg, input_dtype)
                     break
                 except OutOfMemoryError:
-                    micro_batch = shrink_after_oom(accelerator, model, cfg, micro_batch, zero_stage)
+                    pass  # shrink after the except block: until it ends, its traceback holds the step's tensors
+                micro_batch = shrink_after_oom(accelerator, model, cfg, micro_batch, zero_stage)
             if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
                 bar.close()
                 if is_main:  # the bad step too, so the logs show where it went
