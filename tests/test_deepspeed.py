@@ -73,6 +73,22 @@ def test_zero_matches_ddp(tmp_path, ddp_run, stage):
     assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(best["val_loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("config", ["zero1", "zero2", "zero3", "zero3_offload"])
+def test_shipped_zero_configs_follow_ddp(tmp_path, ddp_run, config):
+    """configs/*.yaml as launch/deepspeed.sh passes them (their JSON's "auto" filled from vitdist's flags):
+    the first epoch, all warmup in both runs, takes DDP's steps."""
+    run = tmp_path / config
+    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--epochs", "1", "--run-dir", run, num_processes=2,
+                             extra=["--config_file", str(REPO / "configs" / f"{config}.yaml")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, ref = steps(run), steps(ddp_run)[:8]
+    assert len(ours) == 8
+    for a, b in zip(ours, ref):
+        assert a["lr"] == pytest.approx(b["lr"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=CURVE_RTOL), (config, a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (config, a, b)
+
+
 def test_zero2_killed_and_resumed_ends_where_an_uninterrupted_run_does(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", straight, num_processes=2,

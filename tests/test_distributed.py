@@ -26,7 +26,8 @@ def free_port() -> int:
 
 def accelerate_launch(*args, num_processes: int, extra=(), timeout=300, env_extra=None):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    multi = ["--multi_gpu"] if num_processes > 1 and "--use_deepspeed" not in extra else []
+    # A DeepSpeed run, by flag or by config file, must not also ask for DDP.
+    multi = ["--multi_gpu"] if num_processes > 1 and not {"--use_deepspeed", "--config_file"} & set(extra) else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *multi, "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), *extra, *args]
