@@ -19,6 +19,7 @@ demo: setup
 	$(BIN)/vitdist train --preset demo --overwrite
 
 test: setup
+	$(BIN)/ruff check vitdist tests bench
 	$(BIN)/python -m pytest -q
 
 clean:
