@@ -18,13 +18,14 @@ from dataclasses import replace
 import torch
 
 from vitdist import autobatch as ab
+from vitdist import memory as mem
 from vitdist.presets import get_preset
 
 NUM_CLASSES = 10  # CIFAR-10's head, as the presets train
 
 
 def images_per_s(cfg, device: torch.device, batch: int, steps: int) -> float:
-    probe = ab.StepProbe(cfg, NUM_CLASSES, device)
+    probe = mem.StepProbe(cfg, NUM_CLASSES, device)
     try:
         for _ in range(3):  # warm-up: kernels picked, allocator settled
             probe.step(batch)
@@ -51,7 +52,7 @@ def main() -> int:
         return 0
     device = torch.device("cuda", 0)
     total = torch.cuda.get_device_properties(device).total_memory
-    print(f"{torch.cuda.get_device_name(device)}, {total / ab.GB:.1f} GB; torch {torch.__version__}; bf16; "
+    print(f"{torch.cuda.get_device_name(device)}, {total / mem.GB:.1f} GB; torch {torch.__version__}; bf16; "
           f"search cap {args.max_batch:,}")
     print(f"{'budget':>8} {'preset':<6} {'largest':>8} {'safe':>7} {'estimate':>10} {'measured':>10} {'est/meas':>8} "
           f"{'images/s':>10} {'search_s':>8}")
@@ -59,16 +60,16 @@ def main() -> int:
     for budget in args.budgets_gb:
         for name in args.presets:
             cfg = replace(get_preset(name), precision="bf16")
-            m = ab.measure(cfg, NUM_CLASSES, device, args.max_batch, memory_gb=budget or None)
+            m = mem.measure(cfg, NUM_CLASSES, device, args.max_batch, memory_gb=budget or None)
             if m.largest == 0:
-                print(f"{budget or total / ab.GB:>7.0f}G {name:<6} not even a micro-batch of 1 fits")
+                print(f"{budget or total / mem.GB:>7.0f}G {name:<6} not even a micro-batch of 1 fits")
                 continue
-            est = ab.estimate_memory(cfg.model, NUM_CLASSES, "bf16").peak(m.largest)
+            est = mem.estimate_memory(cfg.model, NUM_CLASSES, "bf16").peak(m.largest)
             ratios.append(est / m.peak_bytes)
             safe = ab.with_margin(m.largest)
             speed = images_per_s(cfg, device, safe, args.steps)
-            print(f"{budget or total / ab.GB:>7.0f}G {name:<6} {m.largest:>7,}{'+' if m.capped else ' '} {safe:>7,} "
-                  f"{est / ab.GB:>8.2f}GB {m.peak_bytes / ab.GB:>8.2f}GB {ratios[-1]:>8.2f} {speed:>10,.0f} "
+            print(f"{budget or total / mem.GB:>7.0f}G {name:<6} {m.largest:>7,}{'+' if m.capped else ' '} {safe:>7,} "
+                  f"{est / mem.GB:>8.2f}GB {m.peak_bytes / mem.GB:>8.2f}GB {ratios[-1]:>8.2f} {speed:>10,.0f} "
                   f"{m.seconds:>8.1f}")
     within = sum(0.8 <= r <= 1.2 for r in ratios)
     print(f"estimate within 20% of torch.cuda.max_memory_allocated: {within}/{len(ratios)}  "

@@ -17,8 +17,7 @@ from dataclasses import replace
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from vitdist.autobatch import StepProbe
-from vitdist.memory import estimate_memory
+from vitdist.memory import StepProbe, estimate_memory
 from vitdist.presets import get_preset
 
 NUM_CLASSES = 10

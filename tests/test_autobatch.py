@@ -20,6 +20,7 @@ import yaml
 
 from conftest import REPO, run_cli, tiny_config
 from vitdist import autobatch as ab
+from vitdist import memory as mem
 from vitdist.memory import DEEPSPEED_BUCKET_ELEMENTS
 from vitdist.config import ModelConfig, UserError
 from vitdist.model import VisionTransformer, count_parameters
@@ -47,7 +48,7 @@ def limited(limit: int, raise_oom: bool = True):
 @pytest.mark.parametrize("limit", [1, 2, 3, 5, 37, 64, 100, 1000, 4095])
 def test_search_finds_the_injected_limit(limit):
     try_batch = limited(limit)
-    result = ab.find_max_batch(try_batch, max_batch=1 << 16, reduce_min=lambda v: v)
+    result = mem.find_max_batch(try_batch, max_batch=1 << 16, reduce_min=lambda v: v)
     assert result.largest == limit and not result.capped
     assert [b for b, _ in result.trials] == try_batch.asked
     assert all(ok == (b <= limit) for b, ok in result.trials)
@@ -55,21 +56,21 @@ def test_search_finds_the_injected_limit(limit):
 
 
 def test_search_when_nothing_fits_or_everything_does():
-    assert ab.find_max_batch(limited(0), 1024, reduce_min=lambda v: v).largest == 0
-    result = ab.find_max_batch(limited(10 ** 9), 300, reduce_min=lambda v: v)
+    assert mem.find_max_batch(limited(0), 1024, reduce_min=lambda v: v).largest == 0
+    result = mem.find_max_batch(limited(10 ** 9), 300, reduce_min=lambda v: v)
     assert (result.largest, result.capped) == (300, True)
     assert max(b for b, _ in result.trials) == 300  # never beyond the cap
 
 
 def test_search_false_and_oom_are_the_same_verdict():
-    a = ab.find_max_batch(limited(77, raise_oom=True), 4096, reduce_min=lambda v: v)
-    b = ab.find_max_batch(limited(77, raise_oom=False), 4096, reduce_min=lambda v: v)
+    a = mem.find_max_batch(limited(77, raise_oom=True), 4096, reduce_min=lambda v: v)
+    b = mem.find_max_batch(limited(77, raise_oom=False), 4096, reduce_min=lambda v: v)
     assert a == b
 
 
 def test_search_tolerance_stops_early_below_the_limit():
-    exact = ab.find_max_batch(limited(1000), 4096, reduce_min=lambda v: v)
-    rough = ab.find_max_batch(limited(1000), 4096, tolerance=1 / 32, reduce_min=lambda v: v)
+    exact = mem.find_max_batch(limited(1000), 4096, reduce_min=lambda v: v)
+    rough = mem.find_max_batch(limited(1000), 4096, tolerance=1 / 32, reduce_min=lambda v: v)
     assert 1000 * (1 - 1 / 32) - 1 <= rough.largest <= 1000
     assert len(rough.trials) < len(exact.trials)
 
@@ -81,7 +82,7 @@ def test_ranks_that_disagree_all_take_the_smallest_limit():
     for rank in (0, 1):
         mine, other = limited(limits[rank]), limits[1 - rank]
         reduce_min = lambda v, mine=mine, other=other: min(v, int(mine.asked[-1] <= other))  # noqa: E731
-        runs[rank] = ab.find_max_batch(mine, 4096, reduce_min=reduce_min)
+        runs[rank] = mem.find_max_batch(mine, 4096, reduce_min=reduce_min)
     assert runs[0].largest == runs[1].largest == 60
     assert runs[0].trials == runs[1].trials  # the same search on both: no rank waits on a collective alone
 
@@ -89,7 +90,7 @@ def test_ranks_that_disagree_all_take_the_smallest_limit():
 WORKER = """
 import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
-from vitdist import autobatch as ab
+from vitdist import memory as mem
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 limit = {{0: 48, 1: 20}}[rank]
@@ -97,7 +98,7 @@ def try_batch(b):
     if b > limit:
         raise torch.OutOfMemoryError("injected")
     return True
-result = ab.find_max_batch(try_batch, 4096)  # default reduce: all_reduce MIN over the group
+result = mem.find_max_batch(try_batch, 4096)  # default reduce: all_reduce MIN over the group
 print(f"rank {{rank}} largest {{result.largest}} trials {{len(result.trials)}}", flush=True)
 dist.destroy_process_group()
 """
@@ -180,10 +181,10 @@ def test_param_formula_counts_the_model(name):
 
     m = PRESETS[name][1].model
     for classes in (10, 100):
-        assert ab.vit_param_counts(m, classes)[0] == counted(m, classes)
+        assert mem.vit_param_counts(m, classes)[0] == counted(m, classes)
     odd = ModelConfig(img_size=24, patch_size=4, in_channels=1, embed_dim=48, num_layers=3, num_heads=3,
                       dim_feedforward=80)
-    assert ab.vit_param_counts(odd, 7)[0] == counted(odd, 7)
+    assert mem.vit_param_counts(odd, 7)[0] == counted(odd, 7)
 
 
 def saved_bytes_per_sample(model_cfg: ModelConfig, precision: str) -> float:
@@ -218,7 +219,7 @@ def test_activation_estimate_matches_what_autograd_saves(precision, dropout):
     """Patch 4 on 32px: 65 tokens, so the tokens^2 terms of the CPU math kernel weigh in."""
     m = ModelConfig(img_size=32, patch_size=4, embed_dim=64, num_layers=2, num_heads=4, dim_feedforward=256,
                     dropout=dropout)
-    est = ab.estimate_memory(m, 10, precision, device_type="cpu")
+    est = mem.estimate_memory(m, 10, precision, device_type="cpu")
     predicted = est.per_sample["activations saved for backward"]
     if precision == "no":  # in fp32 the patch conv saves the input batch itself
         predicted += est.per_sample["input batch (fp32)"]
@@ -237,8 +238,8 @@ def test_estimated_peak_matches_the_tracked_peak_of_a_real_step(precision, dropo
     cfg = replace(base, precision=precision, model=replace(base.model, img_size=32, patch_size=4, embed_dim=128,
                                                            num_layers=2, num_heads=4, dim_feedforward=512,
                                                            dropout=dropout))
-    est = ab.estimate_memory(cfg.model, 10, precision, device_type="cpu")
-    probe = ab.StepProbe(cfg, 10, torch.device("cpu"))  # its first step has created AdamW's moments
+    est = mem.estimate_memory(cfg.model, 10, precision, device_type="cpu")
+    probe = mem.StepProbe(cfg, 10, torch.device("cpu"))  # its first step has created AdamW's moments
     for batch in (1, 64):
         tracker = mem_tracker.MemTracker()
         tracker.track_external(probe.model, probe.optimizer)
@@ -250,18 +251,18 @@ def test_estimated_peak_matches_the_tracked_peak_of_a_real_step(precision, dropo
 
 def test_zero_stages_shard_the_model_states():
     m = PRESETS["base"][1].model
-    params = ab.vit_param_counts(m, 10)[0]
+    params = mem.vit_param_counts(m, 10)[0]
 
     def states(stage, offload=False, world=8):
-        est = ab.estimate_memory(m, 10, "bf16", stage, world, offload)
+        est = mem.estimate_memory(m, 10, "bf16", stage, world, offload)
         return sum(v for k, v in est.fixed.items() if "bucket" not in k)
 
     assert states(0) > states(1) > states(2) > states(3) > states(3, offload=True) == 0
     assert states(3) == pytest.approx(16 * params / 8)  # ZeRO paper: (2 + 2 + 12) bytes / N
     assert states(2, world=1) == pytest.approx(16 * params)
-    cuda = ab.estimate_memory(m, 10, "bf16")
-    assert cuda.max_batch(80 * ab.GB) > cuda.max_batch(40 * ab.GB) > cuda.max_batch(8 * ab.GB) > 0
-    assert cuda.peak(cuda.max_batch(40 * ab.GB)) <= 40 * ab.GB < cuda.peak(cuda.max_batch(40 * ab.GB) + 1)
+    cuda = mem.estimate_memory(m, 10, "bf16")
+    assert cuda.max_batch(80 * mem.GB) > cuda.max_batch(40 * mem.GB) > cuda.max_batch(8 * mem.GB) > 0
+    assert cuda.peak(cuda.max_batch(40 * mem.GB)) <= 40 * mem.GB < cuda.peak(cuda.max_batch(40 * mem.GB) + 1)
     assert "flash" in cuda.assumption and "tokens^2" in cuda.assumption
 
 
@@ -269,7 +270,7 @@ def test_zero_stages_shard_the_model_states():
 
 def test_measure_runs_real_steps_and_stops_at_the_injected_limit(monkeypatch, tmp_path):
     cfg = tiny_config(tmp_path)
-    real_step = ab.StepProbe.step
+    real_step = mem.StepProbe.step
     steps = []
 
     def step(self, b):
@@ -278,17 +279,17 @@ def test_measure_runs_real_steps_and_stops_at_the_injected_limit(monkeypatch, tm
         steps.append(b)
         real_step(self, b)
 
-    monkeypatch.setattr(ab.StepProbe, "step", step)
+    monkeypatch.setattr(mem.StepProbe, "step", step)
     rng = torch.get_rng_state()
-    result = ab.measure(cfg, 10, torch.device("cpu"), max_batch=256, reduce_min=lambda v: v)
+    result = mem.measure(cfg, 10, torch.device("cpu"), max_batch=256, reduce_min=lambda v: v)
     assert (result.largest, result.capped) == (20, False)
     assert steps[0] == 1 and 20 in steps  # the warm-up step, and the last one that fitted
     assert torch.equal(torch.get_rng_state(), rng)  # the run's seeding is left alone
 
 
 def test_probe_leaves_no_gradients_after_an_oom(monkeypatch, tmp_path):
-    probe = ab.StepProbe(tiny_config(tmp_path), 10, torch.device("cpu"))
-    real_step = ab.StepProbe.step
+    probe = mem.StepProbe(tiny_config(tmp_path), 10, torch.device("cpu"))
+    real_step = mem.StepProbe.step
 
     def half_step(self, b):  # runs a backward, then fails before the optimizer: gradients are half-made
         real_step(self, b)
@@ -296,7 +297,7 @@ def test_probe_leaves_no_gradients_after_an_oom(monkeypatch, tmp_path):
         logits.sum().backward()
         raise torch.OutOfMemoryError("injected")
 
-    monkeypatch.setattr(ab.StepProbe, "step", half_step)
+    monkeypatch.setattr(mem.StepProbe, "step", half_step)
     assert probe(4) is False
     assert all(p.grad is None for p in probe.model.parameters())
 
@@ -308,7 +309,7 @@ def test_cache_round_trip_and_keys(monkeypatch, tmp_path):
     m = PRESETS["base"][1].model
     key = ab.cache_key("NVIDIA H200", 141e9, m, 10, "bf16", 0)
     assert ab.read_cache(key) is None
-    ab.write_cache(key, ab.Measurement(4321, False, 123456789, 20, 3.0))
+    ab.write_cache(key, mem.Measurement(4321, False, 123456789, 20, 3.0))
     assert ab.read_cache(key)["largest"] == 4321
     others = {ab.cache_key("NVIDIA H200", 141e9, m, 10, "no", 0), ab.cache_key("NVIDIA H200", 141e9, m, 10, "bf16", 2),
               ab.cache_key("NVIDIA A100", 80e9, m, 10, "bf16", 0),
@@ -317,7 +318,7 @@ def test_cache_round_trip_and_keys(monkeypatch, tmp_path):
     assert all(ab.read_cache(k) is None for k in others)
     ab.cache_path().write_text("{not json")
     assert ab.read_cache(key) is None  # a damaged cache means: measure again
-    ab.write_cache(key, ab.Measurement(10, True, None, 5, 1.0))
+    ab.write_cache(key, mem.Measurement(10, True, None, 5, 1.0))
     assert ab.read_cache(key)["capped"] is True
 
 
@@ -375,7 +376,7 @@ class FakeGpu:
     limit = 3000
 
     def __init__(self, cfg, num_classes, device):
-        self.estimate, self.peaks = ab.estimate_memory(cfg.model, num_classes, cfg.precision), {}
+        self.estimate, self.peaks = mem.estimate_memory(cfg.model, num_classes, cfg.precision), {}
 
     def __call__(self, b):
         if b > self.limit:
@@ -390,7 +391,7 @@ class FakeGpu:
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
     monkeypatch.setenv("VITDIST_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ab, "StepProbe", FakeGpu)
+    monkeypatch.setattr(mem, "StepProbe", FakeGpu)
 
     class Props:
         total_memory = 85e9

@@ -1,18 +1,31 @@
-"""The analytic memory estimate of one training step: weights, gradients, optimizer state, activations.
+"""The memory of one training step, estimated and measured.
 
-`vitdist autobatch` prints it beside the measured peak; it also sizes the CPU fallback where there is no GPU.
+estimate_memory(): weights, gradients, optimizer state and activations, by precision, ZeRO stage and world size;
+`vitdist autobatch` prints it beside the measured peak, and it sizes the CPU fallback where there is no GPU.
+measure(): the largest micro-batch whose real training step runs, found by doubling then bisecting over
+StepProbe's steps (find_max_batch), every verdict agreed over all ranks.
 """
 
 from __future__ import annotations
 
+import gc
+import math
+import sys
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
-from .config import ModelConfig
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig, TrainConfig
 
 # Bucket sizes (elements) of configs/ds_zero*.json: DeepSpeed keeps buffers of this size on the GPU.
 DEEPSPEED_BUCKET_ELEMENTS = 50_000_000
 GB = 1e9  # decimal, as GPU makers and the checklist's table count
+# torch.OutOfMemoryError is torch 2.5's device-agnostic name; torch.cuda.OutOfMemoryError is the same class
+# there, and the only one in torch 2.4, which vitdist still supports.
+OutOfMemoryError = torch.cuda.OutOfMemoryError
 
 
 def vit_param_counts(m: ModelConfig, num_classes: int) -> tuple[int, int]:
@@ -144,3 +157,172 @@ def print_estimate(say, est: MemoryEstimate, batch: int, measured_peak: Optional
     width = max(len(name) for name, _, _ in rows)
     for name, value, note in rows:
         say(f"    {name:<{width}} {human(value):>10}{note}")
+
+
+# --- the search: a pure function of try_batch
+
+@dataclass(frozen=True)
+class SearchResult:
+    largest: int  # largest micro-batch whose step ran on every rank; 0 when not even 1 did
+    capped: bool  # the search reached max_batch: more may fit
+    trials: tuple[tuple[int, bool], ...]  # (batch, fitted on every rank), in order
+
+
+def find_max_batch(try_batch: Callable[[int], bool], max_batch: int, *, tolerance: float = 0.0,
+                   reduce_min: Optional[Callable[[int], int]] = None) -> SearchResult:
+    """Largest b in [1, max_batch] for which try_batch(b) holds: double from 1, then bisect.
+
+    try_batch returns False or raises OutOfMemoryError when b does not fit. Each verdict goes through
+    reduce_min (default: the minimum over torch.distributed ranks when initialised) so that all ranks agree
+    on every step of the search. Bisection stops once the bracket is within `tolerance` of the lower end.
+    """
+    reduce_min = reduce_min or all_ranks_min()
+    trials = []
+
+    def fits(b: int) -> bool:
+        try:
+            ok = bool(try_batch(b))
+        except OutOfMemoryError:
+            ok = False
+        ok = bool(reduce_min(int(ok)))
+        trials.append((b, ok))
+        return ok
+
+    lo, b = 0, 1  # lo: largest known to fit
+    while fits(b):
+        lo = b
+        if b >= max_batch:
+            return SearchResult(lo, True, tuple(trials))
+        b = min(2 * b, max_batch)
+    hi = b  # smallest known not to fit
+    while hi - lo > max(1, int(lo * tolerance)):
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return SearchResult(lo, False, tuple(trials))
+
+
+def all_ranks_min(device: Optional[torch.device] = None) -> Callable[[int], int]:
+    """v -> the minimum of v over all ranks (torch.distributed all_reduce MIN); v itself without a group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return lambda v: v
+    on = torch.device("cpu")
+    if "gloo" not in str(dist.get_backend()):  # NCCL reduces CUDA tensors only
+        on = device if device is not None and device.type == "cuda" else torch.device("cuda",
+                                                                                     torch.cuda.current_device())
+
+    def reduce(v: int) -> int:
+        t = torch.tensor([v], dtype=torch.int64, device=on)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
+    return reduce
+
+
+# --- the measurement: real steps on the GPU
+
+class StepProbe:
+    """try_batch for the search: one real training step at batch b; records each batch's peak memory."""
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, device: torch.device):
+        from .model import VisionTransformer
+        from .optim import build_optimizer
+
+        self.cfg, self.num_classes, self.device = cfg, num_classes, device
+        self.model = VisionTransformer.from_config(cfg.model, num_classes).to(device).train()
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        self.peaks: dict[int, int] = {}
+        self(1)  # the first step creates AdamW's moments: every later trial holds them, as training does
+
+    def step(self, b: int) -> None:
+        """Forward, backward, clip, AdamW: as train.py does it under accelerate, without the data loader."""
+        m = self.cfg.model
+        x = torch.randn(b, m.in_channels, m.img_size, m.img_size, device=self.device)
+        y = torch.randint(0, self.num_classes, (b,), device=self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm or math.inf)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self, b: int) -> bool:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.empty_cache()  # start each trial unfragmented, as a fresh run does
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            self.step(b)
+        except OutOfMemoryError:
+            ok = False
+        else:
+            ok = True
+            if cuda:
+                self.peaks[b] = torch.cuda.max_memory_allocated(self.device)
+        # Out of the except block, the traceback (and the tensors its frames hold) is gone.
+        self.optimizer.zero_grad(set_to_none=True)
+        if not ok and cuda:
+            gc.collect()  # in case a reference cycle still holds some of the failed step's tensors
+            torch.cuda.empty_cache()
+        return ok
+
+    def close(self) -> None:
+        del self.model, self.optimizer
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    largest: int  # largest micro-batch whose step ran (on every rank); 0: not even 1
+    capped: bool  # the search stopped at its cap: more may fit
+    peak_bytes: Optional[int]  # torch.cuda.max_memory_allocated during the step at `largest`
+    trials: int
+    seconds: float
+    cached: bool = False
+
+
+def measure(cfg: TrainConfig, num_classes: int, device: torch.device, max_batch: int,
+            memory_gb: Optional[float] = None, tolerance: float = 1 / 32,
+            reduce_min: Optional[Callable[[int], int]] = None, progress: bool = False) -> Measurement:
+    """Search for the largest micro-batch on `device` (a GPU), within memory_gb if given."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    if memory_gb is not None:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * GB / total), device)
+    bar = tqdm(desc="autobatch trials", unit="trial", leave=False, disable=not (progress and sys.stderr.isatty()))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave the run's RNG alone
+        probe = StepProbe(cfg, num_classes, device)
+        try:
+            def try_batch(b: int) -> bool:
+                bar.set_postfix(batch=b)
+                bar.update(1)
+                return probe(b)
+
+            result = find_max_batch(try_batch, max_batch, tolerance=tolerance,
+                                    reduce_min=reduce_min or all_ranks_min(device))
+            peak = probe.peaks.get(result.largest)
+        finally:
+            bar.close()
+            probe.close()
+            if memory_gb is not None:
+                torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return Measurement(result.largest, result.capped, peak, len(result.trials), time.perf_counter() - t0)

@@ -22,9 +22,10 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from .autobatch import OutOfMemoryError, next_plan_after_oom, note_oom, resolve_micro_batch
+from .autobatch import next_plan_after_oom, note_oom, resolve_micro_batch
 from .config import TrainConfig, UserError, to_dict
 from .data import BatchAugment, eval_loader, load_data, train_loader
+from .memory import OutOfMemoryError
 from .model import VisionTransformer, count_parameters
 from .optim import build_optimizer, lr_at
 
