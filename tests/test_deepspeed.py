@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO on CPU with 2 real processes (gloo): the same curve as DDP, exact resume, a plain export."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -44,6 +45,7 @@ def test_zero_matches_ddp(tmp_path, ddp_run, stage):
     proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", run, num_processes=2,
                              extra=zero_flags(stage))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"DeepSpeed ZeRO-{stage}" in proc.stdout, proc.stdout[-2000:]  # not DDP under another name
     ours, ref = steps(run), steps(ddp_run)
     assert len(ours) == len(ref) == 24
     for a, b in zip(ours, ref):
@@ -53,6 +55,13 @@ def test_zero_matches_ddp(tmp_path, ddp_run, stage):
 
     # The exported weights are a plain state dict: a VisionTransformer with no DeepSpeed reproduces the
     # engine's validation numbers at the best epoch.
+    acc, loss, best = plain_model_on_val(run, torch.float32)
+    assert acc == pytest.approx(best["val_acc"])
+    assert loss == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def plain_model_on_val(run, dtype):
+    """(accuracy, loss, the best epoch's metrics row): model.safetensors in a plain VisionTransformer."""
     from vitdist.config import from_dict
     from vitdist.data import BatchAugment, load_data
     from vitdist.model import VisionTransformer
@@ -61,16 +70,32 @@ def test_zero_matches_ddp(tmp_path, ddp_run, stage):
     results = json.loads((run / "results.json").read_text())
     data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
     model = VisionTransformer.from_config(cfg.model, data.num_classes)
-    model.load_state_dict({k: v.float() for k, v in load_file(run / "model.safetensors").items()})
-    model.eval()
+    weights = load_file(run / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {dtype}
+    model.load_state_dict(weights)  # load_state_dict copies into the fp32 parameters
+    model.to(dtype).eval()
     x = torch.stack([data.val[i][0] for i in range(len(data.val))])
     y = torch.stack([data.val[i][1] for i in range(len(data.val))])
     with torch.no_grad():
-        logits = model(BatchAugment(cfg.data, data.num_classes).normalize(x))
+        logits = model(BatchAugment(cfg.data, data.num_classes).normalize(x).to(dtype)).float()
     acc = (logits.argmax(-1) == y).float().mean().item()
-    assert acc == pytest.approx(results["best_val_acc"])
     best = [json.loads(r) for r in open(run / "metrics.jsonl")][results["best_epoch"] - 1]
-    assert torch.nn.functional.cross_entropy(logits, y).item() == pytest.approx(best["val_loss"], rel=1e-4)
+    assert results["best_val_acc"] == best["val_acc"]
+    return acc, torch.nn.functional.cross_entropy(logits, y).item(), best
+
+
+def test_zero2_in_bf16_holds_and_exports_bf16_weights(tmp_path):
+    """DeepSpeed's bf16 mode holds the model itself in bf16 (no autocast): the trainer feeds it bf16 inputs,
+    and the exported weights, bf16, run in a plain VisionTransformer to the engine's validation numbers."""
+    run = tmp_path / "bf16"
+    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--precision", "bf16", "--run-dir", run,
+                             num_processes=2, extra=zero_flags(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "precision bf16 (torch.bfloat16 weights); DeepSpeed ZeRO-2" in proc.stdout, proc.stdout[-2000:]
+    assert all(math.isfinite(row["loss"]) for row in steps(run))
+    acc, loss, best = plain_model_on_val(run, torch.bfloat16)
+    assert acc == pytest.approx(best["val_acc"], abs=1 / 64)  # 64 validation images: one may flip in bf16
+    assert loss == pytest.approx(best["val_loss"], rel=1e-2)
 
 
 @pytest.mark.parametrize("config", ["zero1", "zero2", "zero3", "zero3_offload"])
@@ -81,6 +106,7 @@ def test_shipped_zero_configs_follow_ddp(tmp_path, ddp_run, config):
     proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--epochs", "1", "--run-dir", run, num_processes=2,
                              extra=["--config_file", str(REPO / "configs" / f"{config}.yaml")])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"DeepSpeed ZeRO-{config[4]}" in proc.stdout, proc.stdout[-2000:]
     ours, ref = steps(run), steps(ddp_run)[:8]
     assert len(ours) == 8
     for a, b in zip(ours, ref):
@@ -95,7 +121,7 @@ def test_zero2_killed_and_resumed_ends_where_an_uninterrupted_run_does(tmp_path)
                              extra=zero_flags(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no ACCELERATE_USE_CPU: it would replace DeepSpeed by DDP
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *zero_flags(2), "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
            str(free_port()), "-m", "vitdist.train", *FLAGS, "--run-dir", str(killed)]
@@ -112,7 +138,7 @@ def test_zero2_killed_and_resumed_ends_where_an_uninterrupted_run_does(tmp_path)
     proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", killed, "--resume", "auto",
                              num_processes=2, extra=zero_flags(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stdout
+    assert "resumed from" in proc.stdout and "DeepSpeed ZeRO-2" in proc.stdout
     assert steps(killed) == steps(straight)
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
     for k in a:
@@ -127,4 +153,5 @@ def test_one_rank_raising_ends_every_rank(tmp_path, zero):
                              env_extra={"FAIL_RANK": "1", "FAIL_STEP": "3"})
     assert proc.returncode != 0
     assert "planted failure on rank 1" in proc.stderr
+    assert ("DeepSpeed ZeRO-2" if zero else "; DDP;") in proc.stdout
     assert time.time() - t0 < 180

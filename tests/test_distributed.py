@@ -25,9 +25,12 @@ def free_port() -> int:
 
 
 def accelerate_launch(*args, num_processes: int, extra=(), timeout=300, env_extra=None):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    # A DeepSpeed run, by flag or by config file, must not also ask for DDP.
-    multi = ["--multi_gpu"] if num_processes > 1 and not {"--use_deepspeed", "--config_file"} & set(extra) else []
+    # DeepSpeed, by flag or by config file, runs on CPU through its own CPU accelerator. ACCELERATE_USE_CPU
+    # would silently turn such a launch into plain DDP (MULTI_CPU), and --multi_gpu asks for DDP outright.
+    deepspeed = bool({"--use_deepspeed", "--config_file"} & set(map(str, extra)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({} if deepspeed else {"ACCELERATE_USE_CPU": "true"}),
+           **(env_extra or {})}
+    multi = ["--multi_gpu"] if num_processes > 1 and not deepspeed else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *multi, "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), *extra, *args]
@@ -40,6 +43,7 @@ def test_two_processes_match_one(tmp_path):
     two = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--run-dir", tmp_path / "two", num_processes=2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es) x micro-batch 16 x 1 accumulation = global batch 32" in two.stdout
+    assert "; DDP;" in two.stdout and "; one process;" in one.stdout
 
     a = load_file(tmp_path / "one" / "checkpoints" / "epoch_0002" / "model.safetensors")
     b = load_file(tmp_path / "two" / "checkpoints" / "epoch_0002" / "model.safetensors")

@@ -157,7 +157,8 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.print(f"vitdist: {derived.num_params:,} parameters; {data.source}: {derived.num_train} train / "
                       f"{derived.num_val} val / {derived.num_test} test; {world_size} process(es) x micro-batch "
                       f"{micro_batch} x {accum} accumulation = global batch {cfg.batch.global_batch_size}; "
-                      f"{steps_per_epoch} steps/epoch; precision {cfg.precision}; device {accelerator.device}")
+                      f"{steps_per_epoch} steps/epoch; precision {cfg.precision} ({input_dtype} weights); "
+                      f"{engine_name(accelerator, zero_stage)}; device {accelerator.device}")
 
     # --- epochs
     stopped_early = False
@@ -256,6 +257,13 @@ def train(cfg: TrainConfig) -> dict:
     for tracker in accelerator.trackers:
         tracker.finish()
     return results
+
+
+def engine_name(accelerator: Accelerator, zero_stage: int) -> str:
+    """What runs the model, as the header line says it: DeepSpeed ZeRO-N, DDP, or one process."""
+    if accelerator.state.deepspeed_plugin is not None:
+        return f"DeepSpeed ZeRO-{zero_stage}"
+    return "DDP" if accelerator.num_processes > 1 else "one process"
 
 
 def make_accelerator(precision: str, accum: int, world_size: int, trackers=(), run_dir: Path | None = None):
