@@ -39,13 +39,17 @@ def ddp_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_matches_ddp(tmp_path, ddp_run, stage):
+@pytest.mark.parametrize("stage,micro", [(2, None), (3, None), (2, 8)])
+def test_zero_matches_ddp(tmp_path, ddp_run, stage, micro):
+    """micro 8: each rank's 16 samples in 2 micro-batches, accumulated in DeepSpeed's terms (its
+    gradient_accumulation_steps, set from vitdist's plan), against DDP's single pass."""
     run = tmp_path / f"zero{stage}"
-    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, "--run-dir", run, num_processes=2,
+    micro_flags = ["--batch.micro-batch-size", str(micro)] if micro else []
+    proc = accelerate_launch("-m", "vitdist.train", *FLAGS, *micro_flags, "--run-dir", run, num_processes=2,
                              extra=zero_flags(stage))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"DeepSpeed ZeRO-{stage}" in proc.stdout, proc.stdout[-2000:]  # not DDP under another name
+    assert f"micro-batch {micro or 16} x {2 if micro else 1} accumulation" in proc.stdout
     ours, ref = steps(run), steps(ddp_run)
     assert len(ours) == len(ref) == 24
     for a, b in zip(ours, ref):
