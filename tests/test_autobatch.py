@@ -364,6 +364,36 @@ def test_cli_without_gpu_plans_from_the_estimate(capsys):
     assert f"flags: --batch.global-batch-size 1024 --batch.micro-batch-size {micro}" in out
 
 
+def test_zero_stage_from_the_deepspeed_launch(monkeypatch):
+    """accelerate launch passes a DeepSpeed config on in environment variables: autobatch plans for it."""
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+                 "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    assert ab.launched_zero_config() == (0, False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert ab.launched_zero_config() == (3, False)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    assert ab.launched_zero_config() == (3, True)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(REPO / "configs" / "ds_zero2.json"))
+    assert ab.launched_zero_config() == (2, False)  # the config file is what DeepSpeed reads
+    for name in ("zero1", "zero2", "zero3", "zero3_offload"):
+        assert ab.read_zero_config(str(REPO / "configs" / f"{name}.yaml")) == (int(name[4]), "offload" in name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path")
+def test_cli_under_a_deepspeed_launch_plans_for_its_stage_once(tmp_path):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is the optional [deepspeed] extra")
+    from test_distributed import accelerate_launch
+
+    proc = accelerate_launch("-m", "vitdist.autobatch", "--preset", "tiny", "--global-batch", "256",
+                             num_processes=2, extra=["--config_file", str(REPO / "configs" / "zero3_offload.yaml")],
+                             timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ZeRO stage 3 + CPU offload; 2 process(es)") == 1, proc.stdout  # rank 0 alone
+    assert "plan: global batch 256 = 2 process(es) x micro-batch 128 x 1" in proc.stdout
+
+
 def test_cli_through_the_vitdist_command():
     out = run_cli("autobatch", "--preset", "tiny", "--zero-stage", "2", "--num-processes", "2", timeout=120)
     assert out.returncode == 0, out.stderr

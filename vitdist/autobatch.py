@@ -227,8 +227,9 @@ class AutobatchArgs:
     train: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
     zero_stage: Optional[int] = None
     """DeepSpeed ZeRO stage the run will use: 0 (DDP, nothing sharded), 1, 2 or 3. Default: the --config-file's,
-    else 0. The measurement itself runs without DeepSpeed (a lower bound for every stage); the estimate shows
-    what the stage saves."""
+    else that of the DeepSpeed launch this runs under (accelerate launch --config_file configs/zero2.yaml), else
+    0. The measurement itself runs without DeepSpeed (a lower bound for every stage); the estimate shows what
+    the stage saves."""
     offload: bool = False
     """ZeRO with parameters and optimizer state in CPU memory (as configs/zero3_offload.yaml)."""
     config_file: Optional[str] = None
@@ -287,14 +288,30 @@ def read_zero_config(path: str) -> tuple[int, bool]:
         if not json_path.is_file():
             raise ConfigError(f"--config-file {path} names deepspeed_config_file {ds['deepspeed_config_file']}, "
                               f"which does not exist")
-        zero = json.loads(json_path.read_text()).get("zero_optimization", {})
-        stage = zero.get("stage", 0)
-        offload = any(str(zero.get(k, {}).get("device", "none")) not in ("none", "None")
-                      for k in ("offload_param", "offload_optimizer"))
-    else:
-        stage = ds.get("zero_stage", 2)
-        offload = any(str(ds.get(k, "none")) != "none" for k in ("offload_param_device", "offload_optimizer_device"))
+        return read_deepspeed_json(json_path)
+    stage = ds.get("zero_stage", 2)
+    offload = any(str(ds.get(k, "none")) != "none" for k in ("offload_param_device", "offload_optimizer_device"))
     return int(stage), offload
+
+
+def read_deepspeed_json(path: Path) -> tuple[int, bool]:
+    """(ZeRO stage, offload) of a DeepSpeed JSON config (configs/ds_zero*.json)."""
+    zero = json.loads(path.read_text()).get("zero_optimization", {})
+    offload = any(str(zero.get(k, {}).get("device", "none")) not in ("none", "None")
+                  for k in ("offload_param", "offload_optimizer"))
+    return int(zero.get("stage", 0)), offload
+
+
+def launched_zero_config() -> tuple[int, bool]:
+    """(ZeRO stage, offload) of the DeepSpeed launch this process runs under, from the variables accelerate launch
+    sets (a config file's JSON, or --zero_stage and --offload_*_device); (0, False) outside one."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return 0, False
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        return read_deepspeed_json(Path(os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"]))
+    offload = any(os.environ.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{k}_DEVICE", "none") not in ("none", "")
+                  for k in ("PARAM", "OPTIMIZER"))
+    return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")), offload
 
 
 def classes_of(cfg: TrainConfig) -> int:
@@ -312,7 +329,7 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def run(args: AutobatchArgs) -> int:
     cfg = args.train
-    stage, offload = read_zero_config(args.config_file) if args.config_file else (0, False)
+    stage, offload = read_zero_config(args.config_file) if args.config_file else launched_zero_config()
     stage = stage if args.zero_stage is None else args.zero_stage
     offload = offload or args.offload
     if offload and stage == 0:
@@ -328,7 +345,8 @@ def run(args: AutobatchArgs) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher: one group, one GPU per rank
         from accelerate import PartialState
 
-        state = PartialState()
+        # Without a GPU, name gloo: a DeepSpeed launch would otherwise leave each CPU process on its own.
+        state = PartialState(**({} if torch.cuda.is_available() else {"backend": "gloo"}))
         device, say = state.device, (print if state.is_main_process else (lambda *a, **k: None))
     else:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device(
