@@ -111,6 +111,7 @@ def test_shipped_zero_configs_follow_ddp(tmp_path, ddp_run, config):
                              extra=["--config_file", str(REPO / "configs" / f"{config}.yaml")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"DeepSpeed ZeRO-{config[4]}" in proc.stdout, proc.stdout[-2000:]
+    assert ("(param and optimizer offloaded)" in proc.stdout) == ("offload" in config)
     ours, ref = steps(run), steps(ddp_run)[:8]
     assert len(ours) == 8
     for a, b in zip(ours, ref):

@@ -261,8 +261,12 @@ def train(cfg: TrainConfig) -> dict:
 
 def engine_name(accelerator: Accelerator, zero_stage: int) -> str:
     """What runs the model, as the header line says it: DeepSpeed ZeRO-N, DDP, or one process."""
-    if accelerator.state.deepspeed_plugin is not None:
-        return f"DeepSpeed ZeRO-{zero_stage}"
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        zero = plugin.deepspeed_config.get("zero_optimization", {})
+        offloaded = [k.removeprefix("offload_") for k in ("offload_param", "offload_optimizer")
+                     if str((zero.get(k) or {}).get("device", "none")) not in ("none", "None")]
+        return f"DeepSpeed ZeRO-{zero_stage}" + (f" ({' and '.join(offloaded)} offloaded)" if offloaded else "")
     return "DDP" if accelerator.num_processes > 1 else "one process"
 
 
