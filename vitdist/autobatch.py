@@ -297,9 +297,13 @@ def read_zero_config(path: str) -> tuple[int, bool]:
 def read_deepspeed_json(path: Path) -> tuple[int, bool]:
     """(ZeRO stage, offload) of a DeepSpeed JSON config (configs/ds_zero*.json)."""
     zero = json.loads(path.read_text()).get("zero_optimization", {})
-    offload = any(str(zero.get(k, {}).get("device", "none")) not in ("none", "None")
-                  for k in ("offload_param", "offload_optimizer"))
-    return int(zero.get("stage", 0)), offload
+    return int(zero.get("stage", 0)), bool(offloaded(zero))
+
+
+def offloaded(zero_optimization: dict) -> list[str]:
+    """What a DeepSpeed config's zero_optimization section moves off the GPU: 'param', 'optimizer', both or none."""
+    return [k.removeprefix("offload_") for k in ("offload_param", "offload_optimizer")
+            if str((zero_optimization.get(k) or {}).get("device", "none")) not in ("none", "None")]
 
 
 def launched_zero_config() -> tuple[int, bool]:

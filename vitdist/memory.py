@@ -41,7 +41,7 @@ def vit_param_counts(m: ModelConfig, num_classes: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes of one training step on one rank, as three groups of named parts."""
+    """Bytes of one training step on one rank, as four groups of named parts."""
 
     fixed: dict[str, float]  # held through the whole step, whatever the batch
     passes_only: dict[str, float]  # held through the forward and backward passes only, whatever the batch
@@ -80,7 +80,7 @@ def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage
     cuda = device_type == "cuda"
     n = world_size
     fixed, passes_only, step_only = {}, {}, {}
-    # AdamW on CUDA runs for_each over a whole parameter group: a temporary the size of the group's tensors
+    # AdamW on CUDA runs foreach kernels over a whole parameter group: a temporary the size of the group's tensors
     # (the decayed matrices are the larger group). On CPU it goes tensor by tensor: two of the largest one.
     adamw_temp = 4 * matrices if cuda else 2 * 4 * max(m.embed_dim * m.dim_feedforward, 3 * m.embed_dim ** 2)
     if zero_stage == 0:
@@ -134,7 +134,6 @@ def estimate_memory(m: ModelConfig, num_classes: int, precision: str, zero_stage
         dtypes = (f"DeepSpeed ZeRO-{zero_stage}{' + offload' if offload else ''}, "
                   f"the model in {precision if mixed else 'fp32'}")
     return MemoryEstimate(fixed, passes_only, step_only, per_sample, f"{kernel}; {dtypes}")
-
 
 
 def human(n: float) -> str:

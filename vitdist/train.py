@@ -22,7 +22,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from .autobatch import next_plan_after_oom, note_oom, resolve_micro_batch
+from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
 from .config import TrainConfig, UserError, to_dict
 from .data import BatchAugment, eval_loader, load_data, train_loader
 from .memory import OutOfMemoryError
@@ -263,10 +263,8 @@ def engine_name(accelerator: Accelerator, zero_stage: int) -> str:
     """What runs the model, as the header line says it: DeepSpeed ZeRO-N, DDP, or one process."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
-        zero = plugin.deepspeed_config.get("zero_optimization", {})
-        offloaded = [k.removeprefix("offload_") for k in ("offload_param", "offload_optimizer")
-                     if str((zero.get(k) or {}).get("device", "none")) not in ("none", "None")]
-        return f"DeepSpeed ZeRO-{zero_stage}" + (f" ({' and '.join(offloaded)} offloaded)" if offloaded else "")
+        moved = offloaded(plugin.deepspeed_config.get("zero_optimization", {}))
+        return f"DeepSpeed ZeRO-{zero_stage}" + (f" ({' and '.join(moved)} offloaded)" if moved else "")
     return "DDP" if accelerator.num_processes > 1 else "one process"
 
 
