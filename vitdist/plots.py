@@ -160,7 +160,6 @@ def plot_sweep(curves: dict[str, list[tuple[int, float]]], verdicts: dict[str, s
     return path
 
 
-
 def plot_range(report: dict, path: str | Path, stop_factor: float) -> Path:
     """The range test's loss against lr (log x), raw and smoothed, with the suggestion marked; the y axis stops
     at stop_factor x the smoothed minimum, where the test stopped."""
@@ -184,6 +183,7 @@ def plot_range(report: dict, path: str | Path, stop_factor: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
 
 @dataclass
 class PlotArgs:

@@ -54,6 +54,7 @@ DEFAULT_LRS = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)  # the checklist's step 1
 
 # ============================================================================ verdicts
 
+
 def smooth(values: list[float], beta: float = EMA_BETA, start: float | None = None) -> list[float]:
     """EMA of values. Started at `start` when given (no bias), else bias-corrected (Adam's correction)."""
     out, s = [], (start if start is not None else 0.0)
