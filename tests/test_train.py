@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -47,11 +48,34 @@ class Crash(Exception):
     pass
 
 
-def test_exact_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    # Dropout, drop path and augmentation on: the resumed run must restore every RNG, not only the weights.
-    over = dict(epochs=4, model={"dropout": 0.1, "drop_path_rate": 0.1}, data={"augment": True})
-    train(tiny_config(tmp_path / "straight", **over))
+RESUME_OVER = dict(epochs=4, model={"dropout": 0.1, "drop_path_rate": 0.1}, data={"augment": True})
 
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """4 epochs without a stop: the run every resumed run must end identical to."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(tiny_config(out, **RESUME_OVER))
+    return out
+
+
+def count_training_forwards(monkeypatch) -> dict:
+    real_forward = train_mod.VisionTransformer.forward
+    calls = {"n": 0}
+
+    def forward(self, x):
+        calls["n"] += self.training
+        return real_forward(self, x)
+
+    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+    return calls
+
+
+@pytest.mark.parametrize("resume", ["auto", "checkpoint folder", "run folder"])
+def test_exact_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys, straight_run, resume):
+    """Dropout, drop path and augmentation on: the resumed run must restore every RNG, not only the weights.
+    It must also really resume: say where, and run only the steps that were left (a fresh seeded restart would
+    end with the same bytes). `--resume PATH` takes a checkpoint folder or a run folder."""
     real_save = train_mod.save_checkpoint
 
     def save_then_die(accelerator, run_dir, state):
@@ -61,18 +85,92 @@ def test_exact_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(Crash):
-        train(tiny_config(tmp_path / "resumed", **over))
+        train(tiny_config(tmp_path / "resumed", **RESUME_OVER))
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     assert len(rows(tmp_path / "resumed" / "metrics.jsonl")) == 2
-    train(tiny_config(tmp_path / "resumed", resume="auto", **over))
+    capsys.readouterr()
 
-    a, b = weights(tmp_path / "straight", 4), weights(tmp_path / "resumed", 4)
+    checkpoint = tmp_path / "resumed" / "checkpoints" / "epoch_0002"
+    path = {"auto": "auto", "checkpoint folder": str(checkpoint), "run folder": str(tmp_path / "resumed")}[resume]
+    forwards = count_training_forwards(monkeypatch)
+    train(tiny_config(tmp_path / "resumed", resume=path, **RESUME_OVER))
+    assert f"resumed from {checkpoint} at epoch 2, step 16" in capsys.readouterr().out
+    assert forwards["n"] == 2 * 8  # epochs 3 and 4 only, one micro-batch a step
+
+    a, b = weights(straight_run, 4), weights(tmp_path / "resumed", 4)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING} for m in ms]  # noqa: E731
-    assert strip(rows(tmp_path / "straight" / "metrics.jsonl")) == strip(rows(tmp_path / "resumed" / "metrics.jsonl"))
-    assert rows(tmp_path / "straight" / "steps.jsonl") == rows(tmp_path / "resumed" / "steps.jsonl")
+    assert strip(rows(straight_run / "metrics.jsonl")) == strip(rows(tmp_path / "resumed" / "metrics.jsonl"))
+    assert rows(straight_run / "steps.jsonl") == rows(tmp_path / "resumed" / "steps.jsonl")
+
+
+def expected_lr(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """The checklist's schedule, written here apart from vitdist.optim: step is 1-based, as steps.jsonl logs it;
+    linear warmup reaches lr at the last warmup step, then a cosine from lr towards min_lr at the last step."""
+    if step <= warmup:
+        return lr * step / warmup
+    return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * (step - 1 - warmup) / (total - warmup))) / 2
+
+
+def test_every_step_follows_warmup_then_cosine(tmp_path):
+    cfg = tiny_config(tmp_path / "run", epochs=5, optim={"lr": 2e-3, "min_lr": 1e-5, "warmup_epochs": 1.5})
+    train(cfg)
+    steps = rows(tmp_path / "run" / "steps.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 41))  # 8 steps an epoch, 12 of them warmup
+    for s in steps:
+        assert s["lr"] == pytest.approx(expected_lr(s["step"], 2e-3, 1e-5, 12, 40), rel=1e-9), s
+    assert steps[11]["lr"] == pytest.approx(2e-3)  # the peak, at the end of warmup
+    assert steps[-1]["lr"] - 1e-5 < 0.01 * (2e-3 - 1e-5)  # near min_lr at the end
+    assert all(a["lr"] > b["lr"] for a, b in zip(steps[12:], steps[13:]))  # decays at every step
+    assert [m["lr"] for m in rows(tmp_path / "run" / "metrics.jsonl")] == [steps[8 * e - 1]["lr"] for e in range(1, 6)]
+
+
+def test_the_best_epoch_not_the_last_is_tested_and_exported(tmp_path, monkeypatch):
+    """Epoch 3 is planted worse on validation (its accuracy read as 0): the run must test and export epoch 2's
+    weights, not the last ones it trained."""
+    real_evaluate = train_mod.evaluate
+    calls = {"n": 0}
+
+    def evaluate(model, loader, augment, accelerator):
+        loss, acc = real_evaluate(model, loader, augment, accelerator)
+        calls["n"] += 1
+        return (loss, 0.0) if calls["n"] == 5 else (loss, acc)  # per epoch: val, then clean train; epoch 3's val
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    run = tmp_path / "run"
+    results = train(tiny_config(run, epochs=3, optim={"lr": 5e-3, "warmup_epochs": 0.5}, data={"name": "digits"}))
+    metrics = rows(run / "metrics.jsonl")
+    assert metrics[2]["val_acc"] == 0.0 < metrics[1]["val_acc"]
+    assert metrics[1]["val_acc"] > metrics[0]["val_acc"], "epoch 2 must be the best for this test to mean much"
+    assert results["best_epoch"] == 2 and results["epochs_run"] == 3
+
+    exported, best, last = load_file(run / "model.safetensors"), weights(run, 2), weights(run, 3)
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    for k in best:
+        assert torch.equal(exported[k], best[k]), k
+    test_loss, test_acc = plain_eval(run, exported, "test")
+    assert results["test_acc"] == pytest.approx(test_acc, abs=1e-6)
+    assert results["test_loss"] == pytest.approx(test_loss, rel=1e-5)
+
+
+def plain_eval(run, state_dict, split: str) -> tuple[float, float]:
+    """(loss, accuracy) of state_dict on a split, in a plain VisionTransformer built from the run's config."""
+    from vitdist.config import from_dict
+    from vitdist.data import BatchAugment, load_data
+    from vitdist.model import VisionTransformer
+
+    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
+    ds = getattr(data, split)
+    model = VisionTransformer.from_config(cfg.model, data.num_classes)
+    model.load_state_dict(state_dict)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.stack([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        logits = model.eval()(BatchAugment(cfg.data, data.num_classes).normalize(x))
+    return torch.nn.functional.cross_entropy(logits, y).item(), (logits.argmax(-1) == y).float().mean().item()
 
 
 def test_resume_ignores_a_half_written_checkpoint(tmp_path):
