@@ -1,11 +1,16 @@
-"""Test helper: vitdist.train's main, but rank FAIL_RANK raises in its FAIL_STEP-th training forward."""
+"""Test helper: vitdist.train's main with a fault planted in rank FAIL_RANK's (or, with "all", every rank's)
+FAIL_STEP-th training forward. FAIL_WITH says which: "raise" (the default) raises; "nan" turns that forward's
+logits NaN (a loss diverged on that rank alone); "sigkill" kills the process on the spot, as a lost machine
+would (each rank of a launch sits in its own session, so killing the launcher would not reach them)."""
 
 import os
+import signal
 import sys
 
 import vitdist.train as train_mod
 
-rank, fail_rank, fail_step = int(os.environ.get("RANK", 0)), int(os.environ["FAIL_RANK"]), int(os.environ["FAIL_STEP"])
+rank, fail_rank, fail_step = int(os.environ.get("RANK", 0)), os.environ["FAIL_RANK"], int(os.environ["FAIL_STEP"])
+fail_with = os.environ.get("FAIL_WITH", "raise")
 real_forward = train_mod.VisionTransformer.forward
 calls = {"n": 0}
 
@@ -13,7 +18,11 @@ calls = {"n": 0}
 def forward(self, x):
     if self.training:
         calls["n"] += 1
-        if rank == fail_rank and calls["n"] == fail_step:
+        if fail_rank in ("all", str(rank)) and calls["n"] == fail_step:
+            if fail_with == "nan":
+                return real_forward(self, x) * float("nan")
+            if fail_with == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"planted failure on rank {rank}")
     return real_forward(self, x)
 
