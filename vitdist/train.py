@@ -314,7 +314,8 @@ def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: in
                 # so a non-finite loss on any rank stops all of them.
                 loss_value, norm_value = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean").tolist()
                 if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and cfg.precision != "fp16":
-                    model.zero_grad(set_to_none=True)
+                    # The optimizer's zero_grad, not the model's: a DeepSpeedEngine's takes no set_to_none.
+                    optimizer.zero_grad(set_to_none=True)
                     return sums, loss_value, norm_value
             optimizer.step()  # fp16: the scaler skips a step whose gradients overflowed
             optimizer.zero_grad(set_to_none=True)
