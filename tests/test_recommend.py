@@ -24,11 +24,27 @@ def test_size_bands(size, band):
     assert rc.size_band(size) == band
 
 
-@pytest.mark.parametrize("band", rc.BY_DATA_SIZE)
+# CHECKLIST.md's quick-reference tables, copied here by hand rather than read from recommend.py:
+# band -> (learning rate, weight decay, dropout), each (low, high).
+CHECKLIST_BY_DATA_SIZE = {
+    "overfit test": ((5e-3, 1e-2), (0.0, 0.0), (0.0, 0.0)),
+    "small (< 10K)": ((1e-4, 5e-4), (1e-3, 5e-3), (0.3, 0.5)),
+    "medium": ((3e-4, 1e-3), (1e-4, 1e-3), (0.1, 0.3)),
+    "large (> 100K)": ((1e-3, 5e-3), (1e-5, 1e-4), (0.0, 0.1)),
+}
+CHECKLIST_TEMPLATE = {"lr": 1e-3, "weight_decay": 1e-4, "dropout": 0.1}  # its "full template values"
+
+
+def test_the_data_size_table_is_the_checklists():
+    assert rc.BY_DATA_SIZE == CHECKLIST_BY_DATA_SIZE
+
+
+@pytest.mark.parametrize("band", CHECKLIST_BY_DATA_SIZE)
 def test_starting_values_lie_in_the_band(band):
+    """In the checklist's own range for the band: the checklist's template value, moved to the range's nearer end."""
     values = rc.starting_values(band)
-    for (name, value), (low, high) in zip(values.items(), rc.BY_DATA_SIZE[band]):
-        assert low <= value <= high, (band, name)
+    ranges = dict(zip(CHECKLIST_TEMPLATE, CHECKLIST_BY_DATA_SIZE[band]))
+    assert values == {name: min(max(CHECKLIST_TEMPLATE[name], low), high) for name, (low, high) in ranges.items()}
 
 
 def test_medium_is_the_template_and_small_regularizes_more():

@@ -177,16 +177,38 @@ def test_sweep_lr_end_to_end(tmp_path, capsys, monkeypatch):
 
 
 def test_sweep_range_end_to_end(tmp_path, capsys):
-    assert main(["range", *TINY_FLAGS, "--num-steps", "50", "--sweep-dir", str(tmp_path)]) == 0
+    """Step k's rate is 1e-6 x 1e7 ** (k / 49), up to the step where the stop rule first holds; the suggestion is
+    recomputed from the recorded curve as lr_range documents it: the steepest fall per log(lr) of the centred
+    moving average (span 5% of the steps, at least 3), after the first 5% of the steps and before the minimum."""
+    assert main(["range", *TINY_FLAGS, "--num-steps", "50", "--end-lr", "10", "--sweep-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "range.json").read_text())
-    lrs = report["lrs"]
-    assert lrs[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(lrs, lrs[1:]))
-    assert report["steps_run"] == len(report["losses"]) <= 50
-    if report["steps_run"] == 50:
-        assert lrs[-1] == pytest.approx(1.0)
-    assert report["suggested_lr"] is not None and 1e-6 < report["suggested_lr"] < 1
+    lrs, losses, n = report["lrs"], report["losses"], report["steps_run"]
+    assert len(lrs) == len(losses) == n
+    assert lrs == pytest.approx([1e-6 * 1e7 ** (k / 49) for k in range(n)], rel=1e-9)
+    s, ema, stop = 0.0, [], None  # the stop rule: not finite, or an EMA of span 3 (beta 0.5) above 4x its minimum
+    for k, v in enumerate(losses):
+        if v is None:
+            stop = k
+            break
+        s = 0.5 * s + 0.5 * v
+        ema.append(s / (1 - 0.5 ** (k + 1)))  # bias-corrected
+        if k >= 4 and ema[-1] > 4 * min(ema):
+            stop = k
+            break
+    assert n == (50 if stop is None else stop + 1), report["stopped"]
+    assert n < 50 and report["stopped"].startswith(("loss not finite", "smoothed loss above 4x"))  # lr 10 blows up
+
+    lrs, losses = zip(*[(lr, v) for lr, v in zip(lrs, losses) if v is not None])
+    smoothed = [float(np.mean(losses[max(0, i - 1):i + 2])) for i in range(len(losses))]
+    i_min = int(np.argmin(smoothed))
+    slopes = {i: (smoothed[i + 1] - smoothed[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1])
+              for i in range(max(1, int(0.05 * len(losses))), i_min)}
+    steepest = min(slopes, key=slopes.get)
+    assert slopes[steepest] < 0 and smoothed[i_min] < 0.97 * smoothed[0]  # a fall, and a 3% dip: a suggestion
+    assert report["suggested_lr"] == pytest.approx(lrs[steepest], rel=1e-9)
+    assert report["min_loss_lr"] == pytest.approx(lrs[i_min], rel=1e-9)
     assert (tmp_path / "range.png").stat().st_size > 10_000
-    assert "suggested lr" in capsys.readouterr().out
+    assert f"suggested lr {lrs[steepest]:.2g}" in capsys.readouterr().out
 
 
 def test_sweep_grid_end_to_end(tmp_path, capsys):
