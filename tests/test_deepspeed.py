@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from test_distributed import (RANDOM_FLAGS, TINY_FLAGS, accelerate_launch, check_nan_on_rank_1_stops_both,
-                              launch_killed_at, steps)
+from test_distributed import (TINY_FLAGS, accelerate_launch, check_killed_and_resumed_is_bit_identical,
+                              check_nan_on_rank_1_stops_both, steps)
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is the optional [deepspeed] extra")
 
@@ -144,22 +144,7 @@ def test_launch_deepspeed_sh_runs_for_real(tmp_path, ddp_run):
 
 def test_zero2_killed_and_resumed_ends_where_an_uninterrupted_run_does(tmp_path):
     """Dropout, drop path and augmentation on, so every rank's generators must come back from the checkpoint."""
-    flags = [*FLAGS, *RANDOM_FLAGS]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = accelerate_launch("-m", "vitdist.train", *flags, "--run-dir", straight, num_processes=2,
-                             extra=zero_flags(2))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    launch_killed_at(20, *flags, "--run-dir", killed, num_processes=2, extra=zero_flags(2))  # epoch 3, step 4
-    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["epoch_0002"]
-
-    proc = accelerate_launch("-m", "vitdist.train", *flags, "--run-dir", killed, "--resume", "auto",
-                             num_processes=2, extra=zero_flags(2))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "at epoch 2, step 16" in proc.stdout and "DeepSpeed ZeRO-2" in proc.stdout
-    assert steps(killed) == steps(straight)
-    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    check_killed_and_resumed_is_bit_identical(tmp_path, FLAGS, "DeepSpeed ZeRO-2", extra=zero_flags(2))
 
 
 @pytest.mark.parametrize("zero", [False, True])
