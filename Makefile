@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CI's pins: pip takes these two from local disk. The package itself only asks for torch>=2.4.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test mutants clean
 
 $(BIN)/vitdist: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check vitdist tests bench
 	$(BIN)/python -m pytest -q
+
+# Plant known bugs in a temporary copy and check the tests catch each (tests/README.md); not part of `test`.
+mutants: setup
+	$(BIN)/python tests/mutants.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

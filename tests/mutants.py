@@ -1,0 +1,247 @@
+"""Plant known bugs, one at a time, in a temporary copy of the repository, and check that the tests named for
+each one fail. A test that passes with its bug planted proves less than its name says.
+
+Not part of the default test run (pytest collects test_*.py only). Rerun it after a refactor of what the
+tests guard (the step, the data path, resume, the schedule):
+
+    .venv/bin/python tests/mutants.py                  # every mutant; exit 1 if any is missed
+    .venv/bin/python tests/mutants.py resume-skipped lr-no-decay
+    .venv/bin/python tests/mutants.py --list
+    .venv/bin/python tests/mutants.py --clean          # first, the named tests pass on the unchanged copy
+
+Each mutant is one exact text replacement; one that no longer applies (the code moved) is reported as STALE,
+so the list cannot quietly rot. tests/README.md lists the same promises with their tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+W = 38  # the name column
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", ".pytest_cache", ".ruff_cache",
+                                     "*.egg-info", ".whl", ".gpu")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    promise: str  # what the README promises, which this bug breaks
+    path: str  # the file, relative to the repository
+    old: str  # exact text, found exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest node ids; at least one must fail
+
+
+TRAIN = "vitdist/train.py"
+T_TRAIN = "tests/test_train.py"
+T_DIST = "tests/test_distributed.py"
+T_DS = "tests/test_deepspeed.py"
+
+MUTANTS = [
+    # 1. exact resume
+    Mutant("resume-skipped", "exact resume", TRAIN,
+           "    resume_dir = find_resume(cfg.resume, run_dir)\n",
+           "    resume_dir = find_resume(cfg.resume, run_dir)\n    resume_dir = None\n",
+           (f"{T_TRAIN}::test_exact_resume_matches_an_uninterrupted_run",)),
+    # 2. the best checkpoint is what is tested and exported
+    Mutant("best-not-reloaded", "best checkpoint exported", TRAIN,
+           "    accelerator.load_state(str(best_dir))\n", "",
+           (f"{T_TRAIN}::test_the_best_epoch_not_the_last_is_tested_and_exported",)),
+    # 3. the schedule
+    Mutant("lr-no-decay", "warmup + cosine schedule", "vitdist/optim.py",
+           "    decay_steps = max(total_steps - warmup_steps, 1)\n",
+           "    return cfg.lr\n    decay_steps = max(total_steps - warmup_steps, 1)\n",
+           (f"{T_TRAIN}::test_every_step_follows_warmup_then_cosine",)),
+    Mutant("lr-warmup-off-by-one", "warmup + cosine schedule", "vitdist/optim.py",
+           "return cfg.lr * (step + 1) / warmup_steps", "return cfg.lr * step / warmup_steps",
+           (f"{T_TRAIN}::test_every_step_follows_warmup_then_cosine",)),
+    # 4. 1 process == 2 processes, step by step
+    Mutant("loss-not-reduced", "1 vs 2 processes", TRAIN,
+           'accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean").tolist()',
+           "torch.stack([step_loss, grad_norm]).tolist()",
+           (f"{T_DIST}::test_two_processes_match_one",)),
+    # 5. a non-finite loss on one rank stops every rank, exit 1 with the advice
+    Mutant("nan-on-one-rank-not-shared", "NaN stop", TRAIN,
+           'accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean").tolist()',
+           "torch.stack([step_loss, grad_norm]).tolist()",
+           (f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice",)),
+    Mutant("diverged-not-caught", "NaN stop", TRAIN,
+           "        except Diverged as e:\n", "        except ZeroDivisionError as e:\n",
+           (f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice",)),
+    Mutant("nan-not-checked", "NaN stop", TRAIN,
+           "if not math.isfinite(loss_value) or (", "if False and (",  # never stops
+           (f"{T_TRAIN}::test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
+            f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice")),
+    Mutant("nan-stop-crashes-under-deepspeed", "NaN stop", TRAIN,  # the bug this test found, planted back
+           "                    optimizer.zero_grad(set_to_none=True)\n                    return sums",
+           "                    model.zero_grad(set_to_none=True)\n                    return sums",
+           (f"{T_DS}::test_a_nan_on_one_rank_stops_both_under_zero2",)),
+    # 6. every rank's RNG is restored on resume
+    Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", TRAIN,
+           "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",
+           "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n"
+           "        set_seed(cfg.seed, device_specific=True)\n",
+           (f"{T_DIST}::test_two_processes_killed_and_resumed_end_bit_identical",)),
+    Mutant("rng-of-rank-0-everywhere", "exact resume (2 processes)", TRAIN,
+           "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",
+           "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n"
+           "        torch.set_rng_state(torch.load(resume_dir / 'random_states_0.pkl', weights_only=False)"
+           "['torch_manual_seed'])\n",
+           (f"{T_DIST}::test_two_processes_killed_and_resumed_end_bit_identical",)),
+    # the README's other promises
+    Mutant("zero-clipping-off", "ZeRO = DDP", TRAIN,
+           "gradient_clipping=cfg.optim.max_grad_norm)", "gradient_clipping=0.0)",
+           (f"{T_DS}::test_zero_matches_ddp",)),
+    Mutant("user-error-traceback", "one-line errors", "vitdist/cli.py",
+           "        sys.exit(2)\n", "        raise\n",
+           ("tests/test_cli.py::test_bad_flags_exit_2_with_one_line",
+            "tests/test_cli.py::test_end_to_end_bad_flag_has_no_traceback")),
+    Mutant("epoch-metrics-not-logged", "trackers", TRAIN,
+           "        accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)\n", "",
+           (f"{T_TRAIN}::test_wandb_offline_logs_every_metric",)),
+    Mutant("accumulation-steps-every-micro-batch", "accumulation = one big batch", TRAIN,
+           "    accelerator.gradient_accumulation_steps = len(chunks)\n",
+           "    accelerator.gradient_accumulation_steps = 1\n",
+           (f"{T_TRAIN}::test_accumulation_equals_the_full_batch",)),
+    Mutant("early-stop-one-epoch-late", "early stopping", TRAIN,
+           "state.bad_epochs >= cfg.early_stop_patience", "state.bad_epochs > cfg.early_stop_patience",
+           (f"{T_TRAIN}::test_early_stopping",)),
+    # 7. launch/deepspeed.sh runs what it says
+    Mutant("deepspeed-sh-wrong-stage-json", "launch/deepspeed.sh", "configs/ds_zero2.json",
+           '"stage": 2,', '"stage": 1,',
+           (f"{T_DS}::test_launch_deepspeed_sh_runs_for_real",)),
+    Mutant("deepspeed-sh-drops-flags", "launch/deepspeed.sh", "launch/deepspeed.sh",
+           '-m vitdist.train "$@")', "-m vitdist.train)",
+           (f"{T_DS}::test_launch_deepspeed_sh_runs_for_real",)),
+    # 8. narrow tests
+    Mutant("autobatch-plan-ignores-margin", "autobatch report", "vitdist/autobatch.py",
+           "    micro, accum = plan_batches(global_batch, safe, world, flag)\n",
+           "    micro, accum = plan_batches(global_batch, meas.largest, world, flag)\n",
+           ("tests/test_autobatch.py::test_cli_report_on_a_fake_gpu",)),
+    Mutant("recommend-small-dropout-off-checklist", "the checklist's tables", "vitdist/recommend.py",
+           '"small (< 10K)": ((1e-4, 5e-4), (1e-3, 5e-3), (0.3, 0.5)),',
+           '"small (< 10K)": ((1e-4, 5e-4), (1e-3, 5e-3), (0.2, 0.5)),',
+           ("tests/test_recommend.py::test_the_data_size_table_is_the_checklists",
+            "tests/test_recommend.py::test_starting_values_lie_in_the_band")),
+    Mutant("range-suggestion-one-step-late", "lr range test", "vitdist/lr_range.py",
+           "steep = lr_ok[lo + min(range(len(slopes)), key=slopes.__getitem__)]",
+           "steep = lr_ok[lo + 1 + min(range(len(slopes)), key=slopes.__getitem__)]",
+           ("tests/test_sweep.py::test_sweep_range_end_to_end",)),
+    Mutant("mix-targets-one-hot", "Mixup/CutMix", "vitdist/data.py",
+           "            x, y = self.mix(x, y)\n", "            x, y = x, F.one_hot(y, 10).float()\n",
+           ("tests/test_data.py::test_augment_normalizes_and_mixes",
+            "tests/test_data.py::test_mixup_blends_each_image_with_its_neighbour",
+            "tests/test_data.py::test_cutmix_pastes_one_box_from_the_neighbour")),
+    Mutant("launcher-unquoted-array", "launch/ is shellcheck-clean", "launch/single_gpu.sh",
+           'exec "${cmd[@]}"', "exec ${cmd[@]}",
+           ("tests/test_autobatch.py::test_launchers_are_shellcheck_clean",)),
+    # 9. untested features
+    Mutant("tensorboard-steps-at-epoch-end", "TensorBoard logging", TRAIN,
+           'for k in ("loss", "lr", "grad_norm")}, step=row["step"])',
+           'for k in ("loss", "lr", "grad_norm")}, step=state.step)',
+           ("tests/test_logging.py::test_tensorboard_holds_every_epoch_metric_and_every_step",)),
+    Mutant("pos-embed-and-cls-token-decayed", "weight-decay groups", "vitdist/optim.py",
+           "(no_decay if p.ndim <= 1 or name in skip else decay)", "(no_decay if p.ndim <= 1 else decay)",
+           ("tests/test_optim.py::test_weight_decay_groups_by_name",
+            "tests/test_optim.py::test_one_step_on_zero_gradients_shrinks_only_the_decayed")),
+    Mutant("color-jitter-one-draw-per-batch", "--data.color-jitter", "vitdist/data.py",
+           "torch.stack([self.jitter(img) for img in x])", "self.jitter(x)",
+           ("tests/test_data.py::test_color_jitter_draws_factors_per_image_and_keeps_the_normalized_range",)),
+]
+
+
+def copy_repo(dest: Path) -> Path:
+    shutil.copytree(REPO, dest, ignore=COPY_IGNORE)
+    return dest
+
+
+def pytest(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
+    # PYTHONPATH first: the copy's vitdist, not the editable install's, in this process and every launched rank.
+    env = {**os.environ, "PYTHONPATH": str(copy), "COLUMNS": "250"}  # wide: the summary keeps the assertion
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *tests],
+                              cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {timeout} s"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def first_failure(output: str) -> str:
+    """The first FAILED/ERROR line of pytest's short summary, without the file path."""
+    found = re.search(r"^(?:FAILED|ERROR) \S+?::(.*)$", output, re.M)
+    return found.group(1)[:150] if found else output.strip()[-150:]
+
+
+def check_import_from(copy: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    where = subprocess.run([sys.executable, "-c", "import vitdist; print(vitdist.__file__)"], cwd=copy, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(copy), f"the copy imports vitdist from {where}, not from {copy}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests, run nothing")
+    parser.add_argument("--clean", action="store_true", help="first run the named tests on the unchanged copy")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
+    args = parser.parse_args()
+    unknown = set(args.names) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutant(s) {sorted(unknown)}; --list shows them")
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:{W}} {m.promise:28} {m.path}\n    " + "\n    ".join(m.tests))
+        return 0
+
+    missed = 0
+    with tempfile.TemporaryDirectory(prefix="vitdist-mutants-") as tmp:
+        pristine = copy_repo(Path(tmp) / "pristine")
+        check_import_from(pristine)
+        if args.clean:
+            tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+            t0 = time.time()
+            rc, out = pytest(pristine, tests, args.timeout * 2)
+            print(f"{'(no mutant)':{W}} {'PASS' if rc == 0 else 'FAIL':7} {time.time() - t0:5.0f} s  "
+                  f"{len(tests)} tests" + ("" if rc == 0 else f"  {first_failure(out)}"), flush=True)
+            if rc != 0:
+                print(out[-3000:])
+                return 1
+        for m in chosen:
+            copy = Path(tmp) / m.name
+            shutil.copytree(pristine, copy)
+            target = copy / m.path
+            text = target.read_text()
+            if text.count(m.old) != 1:
+                print(f"{m.name:{W}} STALE   {m.path} holds the planted text {text.count(m.old)} times, not once")
+                missed += 1
+                continue
+            target.write_text(text.replace(m.old, m.new))
+            t0 = time.time()
+            rc, out = pytest(copy, m.tests, args.timeout)
+            # pytest's exit 1 is "tests failed"; 2-5 (interrupted, internal error, usage, none collected) or a
+            # timeout mean the mutant broke the run rather than being caught by a test.
+            verdict = {1: "caught"}.get(rc, "MISSED" if rc == 0 else f"BROKEN (exit {rc})")
+            missed += verdict != "caught"
+            print(f"{m.name:{W}} {verdict:7} {time.time() - t0:5.0f} s  "
+                  + (first_failure(out) if rc == 1 else " ".join(t.split("::")[-1] for t in m.tests)), flush=True)
+            if rc not in (0, 1):
+                print(out[-2000:])
+            shutil.rmtree(copy, ignore_errors=True)
+    print(f"{len(chosen) - missed} of {len(chosen)} planted bugs caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
