@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import tarfile
@@ -6,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from conftest import SHARED_DATA, tiny_config
 from vitdist.config import DataConfig
-from vitdist.data import (BatchAugment, EpochSampler, load_data, random_crop, stratified_order,
-                          stratified_split)
+from vitdist.data import (BatchAugment, EpochSampler, color_jitter, jitter_colors, load_data, random_crop,
+                          stratified_order, stratified_split)
 from vitdist.train import train
 
 
@@ -155,6 +158,99 @@ def test_color_jitter_off_is_the_plain_path_and_on_only_recolours_it():
             for mask in masks:
                 colours = jittered[img][:, mask[img]]
                 assert torch.allclose(colours, colours[:, :1]), (seed, img)
+
+
+def test_batched_color_jitter_is_torchvisions_per_image(one_thread):
+    """jitter_colors with factors and an order per image: each image equals torchvision's adjust_brightness,
+    adjust_contrast, adjust_saturation and adjust_hue applied to it alone, in its order, with its factors. All 24
+    orders; the ends of ColorJitter(0.2, 0.2, 0.2, 0.1)'s ranges and of the functional ops' (0 and 2, hue +-0.5);
+    random pixels (hue shifts wrapping past red both ways) and the HSV edge cases: two equal channels, grey, black,
+    white."""
+    orders = torch.tensor(list(itertools.permutations(range(4))))  # (24, 4)
+    n = len(orders)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
+    x[:, 1, 0] = x[:, 0, 0]  # row 0: g == r
+    x[:, 2, 1] = x[:, 1, 1]  # row 1: b == g
+    x[:, 2, 2] = x[:, 0, 2]  # row 2: b == r
+    x[:, :, 3] = x[:, :1, 3]  # row 3: grey
+    x[:, :, 4, :4], x[:, :, 4, 4:] = 0, 255  # row 4: black, white
+    x = x.float() / 255
+    factors = torch.cat([torch.empty(n, 3).uniform_(0.8, 1.2), torch.empty(n, 1).uniform_(-0.1, 0.1)], 1)
+    factors[:4] = torch.tensor([[0.8, 1.2, 0.8, -0.1], [1.2, 0.8, 1.2, 0.1], [0.0, 2.0, 0.0, 0.5],
+                                [2.0, 0.0, 2.0, -0.5]])
+    out = jitter_colors(x, factors, orders)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(n):
+        expected = x[i]
+        for op in orders[i].tolist():
+            expected = ops[op](expected, factors[i, op].item())
+        torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-5, msg=lambda m: f"image {i}: {m}")
+
+
+def test_color_jitter_draws_torchvisions_ranges_and_every_order(monkeypatch):
+    """What color_jitter draws for 24,000 images: factors uniform in [0.8, 1.2] (hue shift [-0.1, 0.1]), each
+    image its own; each image's order a permutation of the four operations, all 24 about equally often (as
+    torchvision's randperm(4) per call). Counts of 1000 expected: 5 standard deviations (5 sqrt(1000 x 23/24))
+    is 155."""
+    drawn = {}
+    monkeypatch.setattr("vitdist.data.jitter_colors", lambda x, factors, order: drawn.update(f=factors, o=order))
+    torch.manual_seed(0)
+    color_jitter(torch.zeros(24_000, 3, 1, 1), 0.2, 0.2, 0.2, 0.1)
+    f, o = drawn["f"], drawn["o"]
+    lo, hi = torch.tensor([0.8, 0.8, 0.8, -0.1]), torch.tensor([1.2, 1.2, 1.2, 0.1])
+    assert (f >= lo).all() and (f <= hi).all()
+    assert torch.allclose(f.amin(0), lo, atol=1e-3) and torch.allclose(f.amax(0), hi, atol=1e-3)
+    # uniform: mean at the centre, sd (hi - lo) / sqrt(12); standard errors at most 0.0008 and 0.0003
+    assert torch.allclose(f.mean(0), (lo + hi) / 2, atol=0.004)
+    assert torch.allclose(f.std(0), (hi - lo) / 12**0.5, atol=0.002)
+    assert torch.equal(o.sort(1).values, torch.arange(4).expand(24_000, 4))
+    counts = torch.unique(o, dim=0, return_counts=True)[1]
+    assert len(counts) == 24 and (counts - 1000).abs().max() < 155, counts
+
+
+def jitter_statistics(images: torch.Tensor) -> torch.Tensor:
+    """Per image (B, 3, H, W) -> (B, 8): each channel's mean and std; the grey level's std / mean (contrast);
+    mean (max - min) / mean max over the channels (saturation)."""
+    grey, top, bottom = images.mean(1), images.amax(1), images.amin(1)
+    return torch.cat([images.mean((2, 3)), images.std((2, 3)), (grey.std((1, 2)) / grey.mean((1, 2)))[:, None],
+                      ((top - bottom).mean((1, 2)) / top.mean((1, 2)))[:, None]], 1)
+
+
+def z_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two independent samples (n, ...) -> z of the difference in their means and in their variances, each over
+    its standard error estimated from the samples: sqrt((var_a + var_b) / n) and sqrt((m4_a - var_a^2 + m4_b -
+    var_b^2) / n), m4 the fourth central moment. A statistic constant in both (the grey image's saturation) gives 0.
+    """
+    n = a.shape[0]
+    (ma, va, qa), (mb, vb, qb) = [(s.mean(0), (s - s.mean(0)).pow(2).mean(0), (s - s.mean(0)).pow(4).mean(0))
+                                  for s in (a, b)]
+    se_mean, se_var = ((va + vb) / n).sqrt(), ((qa - va**2 + qb - vb**2) / n).sqrt()
+    return torch.stack([(ma - mb) / se_mean.clamp_min(1e-9), (va - vb) / se_var.clamp_min(1e-12)])
+
+
+def test_batched_color_jitter_has_torchvisions_distribution(one_thread):
+    """Two 4x4 images, a grey ramp and one of four colours, each 256 times through torchvision's per-image
+    v2.ColorJitter(0.2, 0.2, 0.2, 0.1) and through color_jitter: per image 8 statistics (channel means and stds,
+    contrast, saturation); over the 256 copies their means and variances agree within 5 standard errors (z below).
+
+    Each z is nearly N(0, 1) if the distributions match (bounded statistics, n = 256 each side), so the largest of
+    the 32 passes 5 with probability under 32 x 6e-7 = 2e-5 (here 3.1). The same rule rejects a brightness or
+    contrast range of 0.3 (z 10.3, 9.5) and a hue range of 0.2 (9.9)."""
+    ramp = torch.linspace(0.3, 0.65, 16).view(4, 4).expand(3, -1, -1)  # mid-greys: little clamping
+    colours = torch.tensor([[0.7, 0.3, 0.2], [0.2, 0.6, 0.3], [0.3, 0.3, 0.7], [0.6, 0.6, 0.2]]).T  # (3, 4)
+    base = torch.stack([ramp, colours[:, torch.arange(16).view(4, 4) % 4]])  # (2, 3, 4, 4)
+    x = base.repeat_interleave(256, 0)  # (512, 3, 4, 4)
+    torch.manual_seed(0)
+    jitter = v2.ColorJitter(0.2, 0.2, 0.2, 0.1)
+    expected = jitter_statistics(torch.stack([jitter(img) for img in x])).view(2, 256, 8).transpose(0, 1)
+
+    def worst_z(*ranges):
+        return z_scores(jitter_statistics(color_jitter(x, *ranges)).view(2, 256, 8).transpose(0, 1),
+                        expected).abs().max().item()
+
+    assert worst_z(0.2, 0.2, 0.2, 0.1) < 5
+    assert worst_z(0.3, 0.2, 0.2, 0.1) > 5 and worst_z(0.2, 0.3, 0.2, 0.1) > 5 and worst_z(0.2, 0.2, 0.2, 0.2) > 5
 
 
 def test_train_with_color_jitter_runs(tmp_path, one_thread):

@@ -265,12 +265,17 @@ def eval_loader(ds: Dataset, batch_size: int, num_workers: int, pin_memory: bool
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
 
 
+# --data.color-jitter is torchvision's ColorJitter(brightness, contrast, saturation, hue) with these values.
+COLOR_JITTER = (0.2, 0.2, 0.2, 0.1)
+
+
 class BatchAugment(nn.Module):
     """uint8 batch -> normalized float batch, with per-sample random crop and flip, optional ColorJitter,
     and Mixup/CutMix (torchvision v2) turning labels into soft targets.
 
-    torchvision's v2 RandomCrop/RandomHorizontalFlip draw one set of parameters per call, the same for the
-    whole batch; per-sample crop and flip on a batch is written here (a gather and a where, as airbench does).
+    torchvision's v2 RandomCrop/RandomHorizontalFlip/ColorJitter draw one set of parameters per call, the same
+    for the whole batch; per-sample crop and flip (a gather and a where, as airbench does) and colour jitter
+    (color_jitter) on a batch are written here: a few batched ops a step, not a Python loop over the images.
     """
 
     def __init__(self, cfg: DataConfig, num_classes: int):
@@ -278,7 +283,7 @@ class BatchAugment(nn.Module):
         self.cfg = cfg
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
-        self.jitter = v2.ColorJitter(0.2, 0.2, 0.2, 0.1) if cfg.color_jitter else None
+        self.jitter = COLOR_JITTER if cfg.color_jitter else None
         mixers = []
         if cfg.mixup_alpha > 0:
             mixers.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
@@ -297,7 +302,7 @@ class BatchAugment(nn.Module):
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         x = x.float() / 255.0
         if self.jitter is not None:
-            x = torch.stack([self.jitter(img) for img in x])  # per image: each gets its own factors
+            x = color_jitter(x, *self.jitter)
         x = (x - self.mean) / self.std
         if self.mix is not None:
             x, y = self.mix(x, y)
@@ -317,3 +322,65 @@ def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     batch = torch.arange(B, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
 
+
+def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float) -> torch.Tensor:
+    """v2.ColorJitter(brightness, contrast, saturation, hue) with its own draw per image, on a float (B, 3, H, W)
+    batch in [0, 1]: each image gets factors uniform in [max(0, 1 - v), 1 + v], a hue shift uniform in
+    [-hue, hue], and a random order of the four operations, as one ColorJitter call per image would draw them.
+    """
+    n = x.shape[0]  # one draw per image
+    ranges = [(max(0.0, 1 - v), 1 + v) for v in (brightness, contrast, saturation)] + [(-hue, hue)]
+    factors = torch.stack([torch.empty(n, device=x.device).uniform_(lo, hi) for lo, hi in ranges], 1)  # (B, 4)
+    order = torch.rand(n, 4, device=x.device).argsort(1)  # (B, 4): a uniform random permutation per image
+    return jitter_colors(x, factors, order)
+
+
+def jitter_colors(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Image i of a float (B, 3, H, W) batch in [0, 1] through torchvision's adjust_brightness, adjust_contrast,
+    adjust_saturation and adjust_hue in the order order[i] (ColorJitter's fn_idx: 0 brightness, 1 contrast,
+    2 saturation, 3 hue) with factors[i] = (brightness, contrast, saturation, hue shift).
+
+    Written here because torchvision's functional ops take one factor per call: the same formulas and the same
+    clamps to [0, 1], with a factor per image. At each of the 4 positions all four operations run on the whole
+    batch; an image whose order puts another operation there gets factor 1 (x * 1 + mean * 0 is exactly x) or,
+    for hue, keeps its input (a shift of 0 through HSV and back rounds): 16 batched ops, not 4 calls per image.
+    """
+    b, c, s, h = factors.to(x.dtype).T[:, :, None, None, None].unbind(0)  # each (B, 1, 1, 1)
+    one = torch.ones_like(b)
+    for k in range(4):
+        op = order[:, k, None, None, None]  # (B, 1, 1, 1): each image's operation at position k
+        x = (x * torch.where(op == 0, b, one)).clamp(0, 1)
+        x = _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), torch.where(op == 1, c, one))
+        x = _blend(x, _gray(x), torch.where(op == 2, s, one))
+        x = torch.where(op == 3, _shift_hue(x, h[:, 0]), x)
+    return x
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (r * 0.2989 + g * 0.587 + b * 0.114)[:, None]  # (B, 1, H, W), torchvision's weights
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    return (x * ratio + other * (1 - ratio)).clamp(0, 1)
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue: RGB -> HSV (Pillow's formulas), hue + shift (B, 1, 1) mod 1, HSV -> RGB."""
+    r, g, b = x.unbind(1)
+    maxc, minc = torch.maximum(torch.maximum(r, g), b), torch.minimum(torch.minimum(r, g), b)  # (B, H, W)
+    span, grey = maxc - minc, maxc == minc
+    # Where grey, span is 0 and "+ grey" keeps the divisors off 0 (torchvision puts 1 there with torch.where):
+    # saturation and hue come out 0; elsewhere it adds 0.
+    sat = span / (maxc + grey)
+    rc, gc, bc = ((maxc[:, None] - x) / (span + grey)[:, None]).unbind(1)
+    hr = (bc - gc) * (maxc == r)
+    hg = (rc + 2.0 - bc) * ((maxc == g) & (maxc != r))
+    hb = (gc + 4.0 - rc) * ((maxc != g) & (maxc != r))
+    hue = ((hr + hg + hb) * (1.0 / 6.0) + 1.0).frac() + shift  # torchvision's hue in [0, 1) (turns), shifted
+    h6 = (hue - hue.floor()) * 6  # mod 1, in sextants
+    # Back to RGB: a channel is v within one sextant of its own hue (red 0, green 2, blue 4), v - chroma beyond
+    # two, linear between; sector by sector that is torchvision's table of v, p = v(1 - s), q = v(1 - s f) and
+    # t = v(1 - s (1 - f)).
+    dist = torch.stack([3 - (h6 - 3).abs(), (h6 - 2).abs(), (h6 - 4).abs()], 1)  # (B, 3, H, W), in sextants
+    return maxc[:, None] - (maxc * sat)[:, None] * (dist - 1).clamp(0, 1)
