@@ -86,6 +86,13 @@ MUTANTS = [
            "                    optimizer.zero_grad(set_to_none=True)\n                    return sums",
            "                    model.zero_grad(set_to_none=True)\n                    return sums",
            (f"{T_DS}::test_a_nan_on_one_rank_stops_both_under_zero2",)),
+    # issue 9: no host sync inside a step
+    Mutant("read-every-step", "no host read inside a step", TRAIN,
+           "            if len(pending) == cfg.log.every_steps:\n", "            if pending:\n",
+           (f"{T_TRAIN}::test_host_reads_do_not_grow_with_the_steps_of_an_epoch",)),
+    Mutant("non-finite-step-applied", "NaN stop (weights kept clean)", TRAIN,
+           "    skip_on_device = cfg.precision", "    skip_on_device = False and cfg.precision",
+           (f"{T_TRAIN}::test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",)),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", TRAIN,
            "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",
@@ -154,9 +161,21 @@ MUTANTS = [
            "(no_decay if p.ndim <= 1 or name in skip else decay)", "(no_decay if p.ndim <= 1 else decay)",
            ("tests/test_optim.py::test_weight_decay_groups_by_name",
             "tests/test_optim.py::test_one_step_on_zero_gradients_shrinks_only_the_decayed")),
-    Mutant("color-jitter-one-draw-per-batch", "--data.color-jitter", "vitdist/data.py",
-           "torch.stack([self.jitter(img) for img in x])", "self.jitter(x)",
-           ("tests/test_data.py::test_color_jitter_draws_factors_per_image_and_keeps_the_normalized_range",)),
+    Mutant("color-jitter-one-draw-per-batch", "--data.color-jitter", "vitdist/data.py",  # as v2.ColorJitter(x)
+           "    n = x.shape[0]  # one draw per image\n", "    n = 1  # one draw per image\n",
+           ("tests/test_data.py::test_color_jitter_draws_factors_per_image_and_keeps_the_normalized_range",
+            "tests/test_data.py::test_color_jitter_draws_torchvisions_ranges_and_every_order",
+            "tests/test_data.py::test_batched_color_jitter_has_torchvisions_distribution")),
+    Mutant("color-jitter-hue-not-wrapped", "--data.color-jitter", "vitdist/data.py",  # wrong near red only
+           "    h6 = (hue - hue.floor()) * 6  # mod 1", "    h6 = hue * 6  # mod 1",
+           ("tests/test_data.py::test_batched_color_jitter_is_torchvisions_per_image",)),
+    # issue 9: FLOPs
+    Mutant("flops-attention-matmuls-left-out", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "    attention = 2 * 2 * tokens * tokens * d  #", "    attention = 0  #",
+           ("tests/test_flops.py::test_forward_flops_match_the_flop_counter",)),
+    Mutant("gpu-name-matched-by-prefix", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "if re.fullmatch(pattern, name):", "if re.match(pattern, name):",  # RTX 4090 Laptop GPU -> RTX 4090
+           ("tests/test_flops.py::test_no_peak_for_a_cpu_or_an_unknown_gpu",)),
 ]
 
 

@@ -35,6 +35,9 @@ def test_tensorboard_holds_every_epoch_metric_and_every_step(tmp_path, one_threa
     assert [m["epoch"] for m in epochs] == [1, 2]
     for name in epochs[0]:
         logged = {m["step"]: m[name] for m in epochs if m[name] is not None}
+        if not logged:  # mfu on a CPU: no peak, no value, no scalar
+            assert name not in events.Tags()["scalars"], name
+            continue
         assert scalars(name) == pytest.approx(logged, rel=1e-6), name
     steps = read_jsonl(run_dir / "steps.jsonl")
     assert [s["step"] for s in steps] == list(range(1, epochs[-1]["step"] + 1))

@@ -11,11 +11,13 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from vitdist import train as train_mod
+from vitdist.flops import train_flops_per_image
 from vitdist.train import Diverged, train
 
 METRIC_FIELDS = {"epoch", "step", "train_loss", "train_acc", "train_clean_loss", "train_clean_acc", "val_loss",
-                 "val_acc", "lr", "grad_norm_mean", "grad_norm_max", "epoch_time_s", "images_per_s"}
-TIMING = {"epoch_time_s", "images_per_s"}
+                 "val_acc", "lr", "grad_norm_mean", "grad_norm_max", "epoch_time_s", "images_per_s",
+                 "achieved_tflops", "mfu"}
+TIMING = {"epoch_time_s", "images_per_s", "achieved_tflops"}
 
 
 def rows(path):
@@ -31,9 +33,12 @@ def test_short_run_writes_every_metric_and_the_config(tmp_path):
     results = train(cfg)
     metrics = rows(tmp_path / "run" / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2]
+    flops = train_flops_per_image(cfg.model, 10)
     for m in metrics:
         assert set(m) == METRIC_FIELDS
-        assert all(v is not None for v in m.values())
+        assert all(v is not None for k, v in m.items() if k != "mfu")
+        assert m["mfu"] is None  # no known peak for a CPU
+        assert m["achieved_tflops"] == pytest.approx(flops * m["images_per_s"] / 1e12)
         assert 0.0 <= m["val_acc"] <= 1.0 and m["grad_norm_max"] >= m["grad_norm_mean"] > 0
     assert metrics[-1]["step"] == 2 * 8  # 256 train images / global batch 32
     assert json.loads((tmp_path / "run" / "config.json").read_text())["optim"]["lr"] == cfg.optim.lr
@@ -207,15 +212,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     def forward(self, x):
         out = real_forward(self, x)
+        calls["model"] = self
         if self.training:
             calls["n"] += 1
-            if calls["n"] > 20:  # epoch 3 (8 steps an epoch)
+            if calls["n"] > 20:  # epoch 3 (8 steps an epoch), from its 5th step on
                 return out * float("nan")
         return out
 
     monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
-    with pytest.raises(Diverged, match="non-finite loss at epoch 3"):
+    with pytest.raises(Diverged, match="non-finite loss at epoch 3, step 21 "):
         train(cfg)
+    # Read at the epoch's end (--log.every-steps 50), but the fused AdamW skipped the bad steps on the device.
+    assert all(torch.isfinite(p).all() for p in calls["model"].parameters())
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts[-1] == "epoch_0002"
     for tensor in weights(tmp_path / "run", 2).values():
@@ -249,7 +257,7 @@ def test_wandb_offline_logs_every_metric(tmp_path, monkeypatch):
     hist = history(path)
     epoch_rows = [h for h in hist if "val_acc" in h]
     assert [h["epoch"] for h in epoch_rows] == [1, 2]
-    assert METRIC_FIELDS <= set(epoch_rows[0])
+    assert METRIC_FIELDS - {"mfu"} <= set(epoch_rows[0])  # mfu: None on a CPU, not sent
     assert [h["_step"] for h in epoch_rows] == [8, 16]  # the step axis is the optimizer step
     assert any("step/loss" in h for h in hist)
     assert config(path)["optim.lr"] == 1e-3
@@ -311,3 +319,43 @@ def test_test_split_is_scored_once_at_the_end_unless_turned_off(tmp_path):
     off = train(tiny_config(tmp_path / "off", epochs=1, test_at_end=False,
                             data={"name": "digits", "train_subset": 128}))
     assert 0.0 <= on["test_acc"] <= 1.0 and "test_acc" not in off
+
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
+
+
+def count_host_reads(monkeypatch) -> list[str]:
+    """Record every read of a tensor's value on the host (what makes the host wait for a GPU), made outside
+    torch.optim, as 'module:function'."""
+    import sys
+
+    reads = []
+    for name in HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, _real=real, **kwargs):
+            caller = sys._getframe(1)
+            if not caller.f_globals.get("__name__", "").startswith("torch.optim"):
+                reads.append(f"{caller.f_globals.get('__name__')}:{caller.f_code.co_name}")
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    return reads
+
+
+@pytest.mark.parametrize("every_steps", [1000, 1])
+def test_host_reads_do_not_grow_with_the_steps_of_an_epoch(tmp_path, monkeypatch, every_steps):
+    """With the log interval longer than an epoch, a run of 16 steps an epoch reads tensors on the host exactly
+    as often as one of 8: no read inside a step. Reading every step adds one read per step (the counter counts)."""
+    reads = {}
+    for size in (320, 640):  # 8 and 16 steps an epoch; 64 and 128 validation images, one eval batch either way
+        cfg = tiny_config(tmp_path / str(size), data={"synthetic_size": size}, log={"every_steps": every_steps})
+        found = count_host_reads(monkeypatch)
+        train(cfg)
+        monkeypatch.undo()
+        reads[size] = found
+    if every_steps == 1000:
+        assert len(reads[640]) == len(reads[320]), sorted(set(reads[640]) - set(reads[320]))
+    else:
+        assert len(reads[640]) - len(reads[320]) == 2 * (16 - 8)
+    assert rows(tmp_path / "640" / "steps.jsonl")[-1]["step"] == 32  # every step still logged

@@ -204,6 +204,13 @@ class LogConfig:
     """Write TensorBoard event files into RUN_DIR/tensorboard."""
     progress: bool = True
     """Progress bar within each epoch (rank 0, only on a terminal)."""
+    every_steps: int = 50
+    """Read the steps' loss and gradient norm on the host every this many optimizer steps (and at each epoch's
+    end): one wait for the device per read, not per step. steps.jsonl still gets every step; a non-finite loss
+    stops the run at the read that sees it."""
+
+    def __post_init__(self):
+        _positive(self.every_steps, "--log.every-steps")
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
 from .config import TrainConfig, UserError, to_dict
 from .data import BatchAugment, eval_loader, load_data, train_loader
+from .flops import mfu, peak_tflops, train_flops_per_image
 from .memory import OutOfMemoryError
 from .model import VisionTransformer, count_parameters
-from .optim import build_optimizer, lr_at
+from .optim import FUSED_DEVICES, build_optimizer, lr_at
 
 STATE_FILE = "train_state.json"  # written last into a checkpoint folder: its presence marks it complete
 NAN_ADVICE = ("lower the learning rate 10x (e.g. --optim.lr 1e-4), clip gradients (--optim.max-grad-norm 1.0), "
@@ -64,6 +65,8 @@ class Derived:
     num_test: int
     num_classes: int
     num_params: int
+    train_flops_per_image: float  # forward + backward, from the model's shape (flops.py)
+    peak_tflops: float | None  # one device's dense peak at this precision; None where unknown (a CPU)
 
 
 def batch_plan(global_batch: int, micro_batch: int | None, world_size: int) -> tuple[int, int]:
@@ -110,7 +113,9 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
     model = VisionTransformer.from_config(cfg.model, data.num_classes)
-    optimizer = build_optimizer(model, cfg.optim)
+    # DeepSpeed wraps the optimizer in its own (ZeRO partitions, offload): leave it the plain foreach AdamW there.
+    fused = accelerator.state.deepspeed_plugin is None and accelerator.device.type in FUSED_DEVICES
+    optimizer = build_optimizer(model, cfg.optim, fused=fused)
     pin = accelerator.device.type == "cuda"
     # The loader yields each rank's whole share of an optimizer step; optimizer_step splits it into
     # micro-batches. The data order is then the same whatever the micro-batch, even one changed mid-run.
@@ -126,7 +131,11 @@ def train(cfg: TrainConfig) -> dict:
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs,
         warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch), num_train=len(data.train),
         num_val=len(data.val), num_test=len(data.test) if data.test is not None else 0,
-        num_classes=data.num_classes, num_params=count_parameters(model))
+        num_classes=data.num_classes, num_params=count_parameters(model),
+        train_flops_per_image=train_flops_per_image(cfg.model, data.num_classes),
+        peak_tflops=peak_tflops(torch.cuda.get_device_name(accelerator.device)
+                                if accelerator.device.type == "cuda" else None,
+                                cfg.precision, tf32=torch.get_float32_matmul_precision() != "highest"))
 
     model, optimizer, train_dl, val_dl, train_eval_dl = accelerator.prepare(
         model, optimizer, train_dl, val_dl, train_eval_dl)
@@ -158,7 +167,8 @@ def train(cfg: TrainConfig) -> dict:
                       f"{derived.num_val} val / {derived.num_test} test; {world_size} process(es) x micro-batch "
                       f"{micro_batch} x {accum} accumulation = global batch {cfg.batch.global_batch_size}; "
                       f"{steps_per_epoch} steps/epoch; precision {cfg.precision} ({input_dtype} weights); "
-                      f"{engine_name(accelerator, zero_stage)}; device {accelerator.device}")
+                      f"{engine_name(accelerator, zero_stage)}; AdamW {'fused' if fused else 'foreach'}; "
+                      f"device {accelerator.device}")
 
     # --- epochs
     stopped_early = False
@@ -168,8 +178,8 @@ def train(cfg: TrainConfig) -> dict:
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, device=accelerator.device)  # loss x n, correct, n
-        norms = []  # per optimizer step, pre-clip
-        step_log = []
+        pending = []  # (step, lr, [loss, grad norm] on the device) of the steps not read yet
+        step_log = []  # this epoch's steps, read
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                    disable=not (is_main and cfg.log.progress and sys.stderr.isatty()))
         for x, y in train_dl:  # this rank's share of one optimizer step's global batch
@@ -178,29 +188,24 @@ def train(cfg: TrainConfig) -> dict:
                 group["lr"] = lr
             while True:
                 try:
-                    step_sums, loss_value, norm_value = optimizer_step(
-                        accelerator, model, optimizer, augment, x, y, micro_batch, cfg, input_dtype)
+                    step_sums, stats = optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch, cfg,
+                                                      input_dtype)
                     break
                 except OutOfMemoryError:
                     pass  # shrink after the except block: until it ends, its traceback holds the step's tensors
                 micro_batch = shrink_after_oom(accelerator, model, cfg, micro_batch, zero_stage)
-            if not math.isfinite(loss_value) or (cfg.precision != "fp16" and not math.isfinite(norm_value)):
-                bar.close()
-                if is_main:  # the bad step too, so the logs show where it went
-                    append_jsonl(run_dir / "steps.jsonl", step_log + [{"step": state.step + 1, "epoch": epoch + 1,
-                                 "loss": loss_value, "lr": lr, "grad_norm": norm_value}])
-                raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
-                               f"at epoch {epoch + 1}, step {state.step + 1} (lr {lr:.3g})")
             sums += step_sums
             state.step += 1
-            norms.append(norm_value)
-            step_log.append({"step": state.step, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                             "grad_norm": norm_value})
+            pending.append((state.step, lr, stats))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if len(pending) == cfg.log.every_steps:
+                step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)
+        step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)  # before any checkpoint
         bar.close()
         train_time = time.perf_counter() - t0
         loss_sum, correct, count = accelerator.reduce(sums, "sum").tolist()
+        norms = [row["grad_norm"] for row in step_log]  # pre-clip, per optimizer step
+        achieved_tflops = derived.train_flops_per_image * count / train_time / 1e12  # all ranks' images
 
         # --- evaluate, log, checkpoint
         val_loss, val_acc = evaluate(model, val_dl, augment, accelerator)
@@ -214,6 +219,8 @@ def train(cfg: TrainConfig) -> dict:
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "grad_norm_mean": sum(norms) / len(norms), "grad_norm_max": max(norms),
             "epoch_time_s": time.perf_counter() - t0, "images_per_s": count / train_time,
+            "achieved_tflops": achieved_tflops,
+            "mfu": mfu(achieved_tflops, derived.peak_tflops, world_size),  # None where the peak is unknown
         }
         improved = val_acc > state.best_val_acc
         if improved:
@@ -224,11 +231,8 @@ def train(cfg: TrainConfig) -> dict:
         # Every rank reduced the same numbers, so every rank takes the same decision here.
         stop = cfg.early_stop_patience > 0 and state.bad_epochs >= cfg.early_stop_patience
         if is_main:
-            append_jsonl(run_dir / "steps.jsonl", step_log)
             append_jsonl(run_dir / "metrics.jsonl", [metrics])
         table.row(metrics, best=improved)
-        for row in step_log:  # per-step curves too, sent once per epoch rather than every step
-            accelerator.log({f"step/{k}": row[k] for k in ("loss", "lr", "grad_norm")}, step=row["step"])
         accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
         if improved or stop or state.epoch == cfg.epochs or state.epoch % cfg.checkpoint_every_epochs == 0:
             save_checkpoint(accelerator, run_dir, state)
@@ -287,18 +291,21 @@ def make_accelerator(precision: str, accum: int, world_size: int, trackers=(), r
 
 
 def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: int, cfg: TrainConfig,
-                   input_dtype) -> tuple[torch.Tensor, float, float]:
+                   input_dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on this rank's share (x, y) of the global batch, accumulated in micro-batches.
 
-    Returns (loss x n, correct, n) summed over the share, and the step's mean loss and pre-clip gradient norm
-    over all ranks. A non-finite loss or norm returns before the update (under DeepSpeed, which steps inside
-    backward, right after it: the checkpoint on disk is still the last good one).
+    Returns, on the device (nothing here waits for the host): (loss x n, correct, n) summed over the share, and
+    [mean loss, pre-clip gradient norm] over all ranks. A non-finite step is not applied where the optimizer
+    can skip on the device (fused AdamW, outside fp16, whose scaler skips overflows itself); elsewhere (DeepSpeed
+    steps inside backward) it is, and the run stops at the next read, before any checkpoint.
     """
     chunks = list(zip(x.split(micro_batch), y.split(micro_batch)))
     accelerator.gradient_accumulation_steps = len(chunks)
     accelerator.step = 0  # a step replayed after an out-of-memory error starts its count afresh
     sums = torch.zeros(3, device=accelerator.device)
     step_loss = torch.zeros((), device=accelerator.device)
+    inner = getattr(optimizer, "optimizer", optimizer)  # under accelerate's wrapper
+    skip_on_device = cfg.precision != "fp16" and getattr(inner, "_step_supports_amp_scaling", False)
     for xc, yc in chunks:
         with accelerator.accumulate(model):
             inputs, targets = augment(xc, yc)
@@ -310,18 +317,42 @@ def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: in
                 # Under DeepSpeed the engine clipped inside backward; this is the norm it measured.
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
                 grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
-                # One small all-reduce and one host sync per optimizer step: every rank sees the same numbers,
-                # so a non-finite loss on any rank stops all of them.
-                loss_value, norm_value = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean").tolist()
-                if not (math.isfinite(loss_value) and math.isfinite(norm_value)) and cfg.precision != "fp16":
-                    # The optimizer's zero_grad, not the model's: a DeepSpeedEngine's takes no set_to_none.
-                    optimizer.zero_grad(set_to_none=True)
-                    return sums, loss_value, norm_value
+                # One small all-reduce: every rank holds the same numbers, so every rank reads the same verdict.
+                stats = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")
+                if skip_on_device:  # GradScaler's flag: the fused kernel leaves weights and moments untouched
+                    inner.found_inf = (~torch.isfinite(stats).all()).float()
             optimizer.step()  # fp16: the scaler skips a step whose gradients overflowed
             optimizer.zero_grad(set_to_none=True)
-        sums += torch.stack([loss.detach() * len(yc), (logits.argmax(-1) == yc).sum().float(),
-                             torch.tensor(float(len(yc)), device=sums.device)])
-    return sums, loss_value, norm_value
+        sums[0] += loss.detach() * len(yc)  # a Python number into a device tensor: a kernel argument, no copy
+        sums[1] += (logits.argmax(-1) == yc).sum()
+        sums[2] += len(yc)
+    return sums, stats
+
+
+def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: int, precision: str, bar) -> list[dict]:
+    """Read the pending steps' loss and gradient norm, one wait for the device for all of them; append them to
+    steps.jsonl and the trackers; empty `pending`. At the first non-finite step (the loss, or outside fp16, whose
+    scaler skips overflowed steps itself, the gradient norm) log up to it and raise Diverged, on every rank."""
+    if not pending:
+        return []
+    values = torch.stack([stats for _, _, stats in pending]).tolist()  # the host waits here, once per read
+    rows = [{"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr, "grad_norm": norm}
+            for (step, lr, _), (loss, norm) in zip(pending, values)]
+    pending.clear()
+    bad = next((row for row in rows if not math.isfinite(row["loss"])
+                or (precision != "fp16" and not math.isfinite(row["grad_norm"]))), None)
+    if bad is not None:
+        rows = rows[:rows.index(bad) + 1]  # the bad step too, so the logs show where it went
+    if accelerator.is_main_process:
+        append_jsonl(run_dir / "steps.jsonl", rows)
+    for row in rows:
+        accelerator.log({f"step/{k}": row[k] for k in ("loss", "lr", "grad_norm")}, step=row["step"])
+    if bad is not None:
+        bar.close()
+        raise Diverged(f"non-finite {'loss' if not math.isfinite(bad['loss']) else 'gradient norm'} "
+                       f"at epoch {epoch + 1}, step {bad['step']} (lr {bad['lr']:.3g})")
+    bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.2e}", refresh=False)
+    return rows
 
 
 def shrink_after_oom(accelerator: Accelerator, model, cfg: TrainConfig, micro_batch: int, zero_stage: int) -> int:
@@ -355,7 +386,9 @@ def evaluate(model, loader, augment: BatchAugment, accelerator: Accelerator) -> 
         loss = F.cross_entropy(logits, y, reduction="none")
         # gather_for_metrics drops the samples accelerate repeated to even out the ranks' shards.
         loss, hit = accelerator.gather_for_metrics((loss, (logits.argmax(-1) == y).float()))
-        sums += torch.stack([loss.sum(), hit.sum(), torch.tensor(float(len(hit)), device=sums.device)])
+        sums[0] += loss.sum()
+        sums[1] += hit.sum()
+        sums[2] += len(hit)
     model.train()
     loss_sum, correct, count = sums.tolist()
     return loss_sum / count, correct / count
