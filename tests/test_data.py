@@ -304,3 +304,61 @@ def test_the_shared_cifar10_copy_loads_as_an_imagefolder(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (60, 20, 80)
     x, _ = data.train[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and 20 < x.float().mean() < 235
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_device_batches_are_the_sharded_loaders_batches(world):
+    """The split on the device, indexed per step, gives every rank exactly the batches train_loader gives it under
+    accelerate's sharding (BatchSamplerShard, as accelerator.prepare wraps it), epoch after epoch."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import DataLoader
+
+    from vitdist.data import DeviceBatches, TensorImages, train_loader
+
+    torch.manual_seed(0)
+    ds = TensorImages(torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8), torch.arange(100) % 10)
+    for rank in range(world):
+        loader = train_loader(ds, 32 // world, 32, seed=3, num_workers=0, pin_memory=False)
+        shard = BatchSamplerShard(loader.batch_sampler, num_processes=world, process_index=rank,
+                                  split_batches=False, even_batches=True)
+        sharded = DataLoader(ds, batch_sampler=shard)
+        device = DeviceBatches(ds, 32, seed=3, rank=rank, world_size=world, device=torch.device("cpu"))
+        assert len(device) == 3
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            device.set_epoch(epoch)
+            pairs = list(zip(sharded, device, strict=True))
+            assert len(pairs) == 3
+            for (x, y), (dx, dy) in pairs:
+                assert torch.equal(x, dx) and torch.equal(y, dy)
+
+
+def test_training_from_files_and_from_the_device_take_the_same_steps(tmp_path, monkeypatch, one_thread):
+    """An ImageFolder too large to hold (here: any) trains through loader workers' file decoding; held in memory
+    it trains from the device, decoded on the first run and read from the cache on the next. Same images, same
+    order, same seeds: the same steps and weights, bit for bit."""
+    from conftest import tiny_config
+    from safetensors.torch import load_file
+
+    import vitdist.data as data_mod
+    from vitdist.train import train
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 40), ("val", 8)):
+        for c in ("cat", "dog"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (36, 36, 3), dtype=torch.uint8, generator=g).numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    flags = dict(epochs=2, batch={"global_batch_size": 16},
+                 data={"name": "imagefolder", "root": str(tmp_path / "data"), "num_workers": 2})
+    train(tiny_config(tmp_path / "device", **flags))  # decodes the files into the cache
+    train(tiny_config(tmp_path / "cached", **flags))  # reads the cache: the decode must not have moved any seed
+    monkeypatch.setattr(data_mod, "IN_MEMORY_MAX_BYTES", 0)  # every split stays files, decoded per batch
+    train(tiny_config(tmp_path / "files", **flags))
+    steps = {run: (tmp_path / run / "steps.jsonl").read_text() for run in ("device", "cached", "files")}
+    assert steps["device"] == steps["cached"] == steps["files"] and len(steps["files"].splitlines()) == 2 * 5
+    a = load_file(tmp_path / "device" / "model.safetensors")
+    for run in ("cached", "files"):
+        b = load_file(tmp_path / run / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), run

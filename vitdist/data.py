@@ -196,7 +196,7 @@ def _decode_cached(files: FileImages, where: Path) -> TensorImages:
         return TensorImages(d["images"], d["labels"])
     from tqdm.auto import tqdm
 
-    loader = DataLoader(files, batch_size=512, num_workers=min(4, os.cpu_count() or 1))
+    loader = DataLoader(files, batch_size=512, num_workers=min(4, os.cpu_count() or 1), generator=own_generator())
     parts = [x for x, _ in tqdm(loader, desc=f"decoding {where}", leave=False, disable=None)]
     out = TensorImages(torch.cat(parts), files.labels)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -248,9 +248,13 @@ class EpochSampler(Sampler[int]):
     def __len__(self):
         return self.steps * self.global_batch_size
 
-    def __iter__(self):
+    def order(self) -> torch.Tensor:
+        """This epoch's sample indices, whole global batches only."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[: len(self)].tolist())
+        return torch.randperm(self.n, generator=g)[: len(self)]
+
+    def __iter__(self):
+        return iter(self.order().tolist())
 
 
 def train_loader(ds: Dataset, batch_size: int, global_batch_size: int, seed: int, num_workers: int,
@@ -258,11 +262,56 @@ def train_loader(ds: Dataset, batch_size: int, global_batch_size: int, seed: int
     """Batches of batch_size (one rank's share of a global batch) in EpochSampler's order."""
     sampler = EpochSampler(len(ds), global_batch_size, seed)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=own_generator())
+
+
+class DeviceBatches:
+    """A training split held as one uint8 tensor, kept on the training device: each step's share of the global
+    batch is an index into it there, with no DataLoader, no collate and no copy from the host per step.
+
+    The batches are train_loader's under accelerate's sharding (its BatchSamplerShard, split_batches off): step
+    k's global batch is EpochSampler's k-th slice of global_batch_size, and rank r takes that slice's r-th part.
+    """
+
+    def __init__(self, ds: TensorImages, global_batch_size: int, seed: int, rank: int, world_size: int,
+                 device: torch.device):
+        self.images, self.labels = ds.images.to(device), ds.labels.to(device)
+        self.sampler = EpochSampler(len(ds), global_batch_size, seed)
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def set_epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self):
+        return self.sampler.steps
+
+    def __iter__(self):
+        # (steps, ranks, share): this rank's indices for every step of the epoch, on the device at once.
+        shares = self.sampler.order().view(self.sampler.steps, self.world_size, -1)[:, self.rank].to(self.device)
+        for idx in shares:
+            yield self.images[idx], self.labels[idx]
+
+
+def loader_workers(ds: Dataset, requested: Optional[int]) -> int:
+    """--data.num-workers, or by default none for a split held in memory (indexing it beats a worker's round
+    trip) and min(8, the CPUs per process on this machine) for files decoded per batch."""
+    if requested is not None:
+        return requested
+    if isinstance(ds, TensorImages):
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def eval_loader(ds: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=own_generator())
+
+
+def own_generator() -> torch.Generator:
+    """For a DataLoader's per-iteration base seed (it seeds workers; our samplers draw nothing from it). Left
+    to torch's global generator, each iteration would shift every later random draw (weights, dropout,
+    augmentation): a run would then depend on whether its images were decoded or cached, or held on the device."""
+    return torch.Generator().manual_seed(0)
 
 
 # --data.color-jitter is torchvision's ColorJitter(brightness, contrast, saturation, hue) with these values.
