@@ -93,6 +93,23 @@ MUTANTS = [
     Mutant("non-finite-step-applied", "NaN stop (weights kept clean)", TRAIN,
            "    skip_on_device = cfg.precision", "    skip_on_device = False and cfg.precision",
            (f"{T_TRAIN}::test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",)),
+    # issue 9: the training split on the device
+    Mutant("device-batches-rank-0-share-everywhere", "device batches = the sharded loader's", "vitdist/data.py",
+           "view(self.sampler.steps, self.world_size, -1)[:, self.rank]",
+           "view(self.sampler.steps, self.world_size, -1)[:, 0]",
+           ("tests/test_data.py::test_device_batches_are_the_sharded_loaders_batches",)),
+    Mutant("decode-draws-from-the-global-rng", "the first run = its reruns", "vitdist/data.py",
+           "num_workers=min(4, os.cpu_count() or 1), generator=own_generator())",
+           "num_workers=min(4, os.cpu_count() or 1))",
+           ("tests/test_data.py::test_training_from_files_and_from_the_device_take_the_same_steps",)),
+    # issue 9: --precision auto
+    Mutant("auto-never-bf16", "--precision auto", "vitdist/precision.py",
+           'return "bf16" if bf16_gpu else "tf32" if cuda else "no"', 'return "tf32" if cuda else "no"',
+           ("tests/test_precision.py::test_auto_is_fp32_on_a_cpu_bf16_on_a_new_gpu_and_tf32_on_an_old_one",)),
+    Mutant("auto-not-recorded", "--precision auto", TRAIN,
+           "    asked, cfg = cfg.precision, replace(cfg, precision=resolve_precision(cfg.precision, process_device()))",
+           "    asked = cfg.precision",
+           ("tests/test_precision.py::test_the_run_says_and_records_what_auto_chose",)),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", TRAIN,
            "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",

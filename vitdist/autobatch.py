@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -30,6 +30,7 @@ import tyro
 
 from .config import DATASET_CLASSES, ConfigError, ModelConfig, TrainConfig, UserError
 from .memory import GB, Measurement, all_ranks_min, estimate_memory, measure, print_estimate, vit_param_counts
+from .precision import resolve_precision
 
 # The probe's step is the training step without what a long run adds: Mixup/CutMix soft targets, allocator
 # fragmentation after thousands of steps, evaluation and checkpoint buffers, DDP/DeepSpeed buckets, other
@@ -192,7 +193,7 @@ def resolve_micro_batch(cfg: TrainConfig, world_size: int, device, zero_stage: i
     if device.type != "cuda":
         log(f"--batch.auto: no GPU, nothing to measure: micro-batch {per_rank} (global / {world_size} processes)")
         return per_rank
-    check_precision(cfg.precision, device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # the trainer's resolved one
     num_classes = classes_of(cfg)
     m = measure_cached(cfg, num_classes, device, search_cap(per_rank), zero_stage)
     if m.largest == 0:
@@ -322,15 +323,6 @@ def classes_of(cfg: TrainConfig) -> int:
     return cfg.model.num_classes or DATASET_CLASSES.get(cfg.data.name, 10)
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA GPU (it relies on loss scaling) and there is none here: "
-                        "use --precision bf16 or no")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} cannot run bf16 (it needs compute "
-                        f"capability 8.0+): use --precision fp16")
-
-
 def run(args: AutobatchArgs) -> int:
     cfg = args.train
     stage, offload = read_zero_config(args.config_file) if args.config_file else launched_zero_config()
@@ -355,7 +347,7 @@ def run(args: AutobatchArgs) -> int:
     else:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device(
             "cpu")
-    check_precision(cfg.precision, device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # auto: what the trainer picks here
     m, k = cfg.model, classes_of(cfg)
     params, _ = vit_param_counts(m, k)
     say(f"model: ViT {m.embed_dim}/{m.num_layers}/{m.num_heads}/{m.dim_feedforward}, patch {m.patch_size} on "

@@ -105,8 +105,9 @@ class DataConfig:
     accuracy under Mixup/CutMix."""
     synthetic_size: int = 640
     """synthetic: number of images (before the validation split)."""
-    num_workers: int = 0
-    """Loader workers. 0 suits in-memory data; image files decoded per batch want several."""
+    num_workers: Optional[int] = None
+    """Loader workers. Default: none for a split held in memory (the training split is then indexed on the
+    device), and min(8, this machine's CPUs per process) for image files decoded per batch."""
     augment: bool = True
     """RandomCrop(img_size, padding=crop_padding) and RandomHorizontalFlip on training batches."""
     crop_padding: int = 4
@@ -138,6 +139,8 @@ class DataConfig:
         for name in ("train_subset", "val_subset"):
             value = getattr(self, name)
             _require(value is None or value > 0, f"--data.{name.replace('_', '-')} must be > 0, got {value}")
+        _require(self.num_workers is None or self.num_workers >= 0,
+                 f"--data.num-workers must be >= 0, got {self.num_workers}")
         _require(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0,
                  f"--data.mixup-alpha and --data.cutmix-alpha must be >= 0, got {self.mixup_alpha}, "
                  f"{self.cutmix_alpha}")
@@ -222,8 +225,10 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     epochs: int = 100
     """Training epochs (full passes over the training split)."""
-    precision: Literal["no", "bf16", "fp16"] = "no"
-    """Mixed precision through accelerate: bf16, or fp16 with loss scaling (GPU only)."""
+    precision: Literal["auto", "no", "tf32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on a GPU that runs it, else fp32 with TF32 matmuls on a GPU (tf32), else fp32 (no); the
+    header and config.json say which. bf16 and fp16 (loss scaling, GPU only) run through accelerate's autocast;
+    no is strict fp32."""
     label_smoothing: float = 0.1
     """Label smoothing of the cross-entropy (combined with Mixup/CutMix's soft targets)."""
     early_stop_patience: int = 15

@@ -9,7 +9,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -53,10 +53,11 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from .data import BatchAugment, load_data, train_loader
+    from .data import BatchAugment, load_data, loader_workers, train_loader
     from .model import VisionTransformer
     from .optim import build_optimizer
-    from .train import batch_plan, make_accelerator, optimizer_step
+    from .precision import resolve_precision
+    from .train import batch_plan, make_accelerator, optimizer_step, process_device
 
     if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
         raise UserError(f"--start-lr and --end-lr must satisfy 0 < start < end, got {start_lr:g} and {end_lr:g}")
@@ -65,13 +66,14 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
     # The trainer's own set-up and optimizer step (vitdist.train.optimizer_step), with a rate of our own.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     micro, accum = batch_plan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, process_device()))
     accelerator = make_accelerator(cfg.precision, accum, world_size)
     set_seed(cfg.seed)
     data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
     model = VisionTransformer.from_config(cfg.model, data.num_classes)
     optimizer = build_optimizer(model, cfg.optim)
     loader = train_loader(data.train, cfg.batch.global_batch_size // world_size, cfg.batch.global_batch_size,
-                          cfg.seed, cfg.data.num_workers, accelerator.device.type == "cuda")
+                          cfg.seed, loader_workers(data.train, cfg.data.num_workers), accelerator.device.type == "cuda")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     augment = BatchAugment(cfg.data, data.num_classes).to(accelerator.device)
     input_dtype = next(model.parameters()).dtype
@@ -89,7 +91,8 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
             lr = start_lr * factor ** len(losses)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            _, value, _ = optimizer_step(accelerator, model, optimizer, augment, x, y, micro, cfg, input_dtype)
+            _, stats = optimizer_step(accelerator, model, optimizer, augment, x, y, micro, cfg, input_dtype)
+            value = stats[0].item()  # the stopping rule needs every step's loss: one read a step, by design
             lrs.append(lr)
             losses.append(value)  # the mean over ranks: every rank takes the same decision below
             bar.update(1)

@@ -12,23 +12,25 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugin, InitProcessGroupKwargs,
+                               ProjectConfiguration, parse_flag_from_env, set_seed)
 from tqdm.auto import tqdm
 
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
 from .config import TrainConfig, UserError, to_dict
-from .data import BatchAugment, eval_loader, load_data, train_loader
+from .data import BatchAugment, DeviceBatches, TensorImages, eval_loader, load_data, loader_workers, train_loader
 from .flops import mfu, peak_tflops, train_flops_per_image
 from .memory import OutOfMemoryError
 from .model import VisionTransformer, count_parameters
 from .optim import FUSED_DEVICES, build_optimizer, lr_at
+from .precision import mixed_precision, resolve_precision, use_tf32
 
 STATE_FILE = "train_state.json"  # written last into a checkpoint folder: its presence marks it complete
 NAN_ADVICE = ("lower the learning rate 10x (e.g. --optim.lr 1e-4), clip gradients (--optim.max-grad-norm 1.0), "
@@ -87,8 +89,9 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     micro_batch, accum = batch_plan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size)
-    if cfg.precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("--precision fp16 needs a CUDA GPU (it relies on loss scaling); on CPU use bf16 or no")
+    # The device decides what --precision auto means; config.json then records the choice.
+    asked, cfg = cfg.precision, replace(cfg, precision=resolve_precision(cfg.precision, process_device()))
+    use_tf32(cfg.precision)
 
     # --- the accelerator: processes, precision, accumulation, trackers
     trackers = [name for name, on in (("wandb", cfg.log.wandb), ("tensorboard", cfg.log.tensorboard)) if on]
@@ -117,15 +120,20 @@ def train(cfg: TrainConfig) -> dict:
     fused = accelerator.state.deepspeed_plugin is None and accelerator.device.type in FUSED_DEVICES
     optimizer = build_optimizer(model, cfg.optim, fused=fused)
     pin = accelerator.device.type == "cuda"
-    # The loader yields each rank's whole share of an optimizer step; optimizer_step splits it into
-    # micro-batches. The data order is then the same whatever the micro-batch, even one changed mid-run.
-    train_dl = train_loader(data.train, cfg.batch.global_batch_size // world_size, cfg.batch.global_batch_size,
-                            cfg.seed, cfg.data.num_workers, pin)
-    eval_batch = max(micro_batch, 256)
-    val_dl = eval_loader(data.val, eval_batch, cfg.data.num_workers, pin)
-    train_eval_dl = eval_loader(data.train_eval, eval_batch, cfg.data.num_workers, pin)
-    test_dl = eval_loader(data.test, eval_batch, cfg.data.num_workers, pin) if data.test is not None else None
-    steps_per_epoch = len(train_dl.sampler) // cfg.batch.global_batch_size
+    # Each rank's whole share of an optimizer step at a time; optimizer_step splits it into micro-batches. The
+    # data order is then the same whatever the micro-batch, even one changed mid-run. A split held in memory
+    # moves to the device once and is indexed there; image files go through loader workers.
+    if isinstance(data.train, TensorImages):
+        train_dl = DeviceBatches(data.train, cfg.batch.global_batch_size, cfg.seed, accelerator.process_index,
+                                 world_size, accelerator.device)
+    else:
+        train_dl = train_loader(data.train, cfg.batch.global_batch_size // world_size, cfg.batch.global_batch_size,
+                                cfg.seed, loader_workers(data.train, cfg.data.num_workers), pin)
+    eval_batch = max(micro_batch, 1024)  # evaluation keeps no activations: large batches, few launches
+    val_dl, train_eval_dl, test_dl = (
+        eval_loader(ds, eval_batch, loader_workers(ds, cfg.data.num_workers), pin) if ds is not None else None
+        for ds in (data.val, data.train_eval, data.test))
+    steps_per_epoch = len(train_dl)
     derived = Derived(
         world_size=world_size, micro_batch_size=micro_batch, accumulation_steps=accum,
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs,
@@ -135,10 +143,11 @@ def train(cfg: TrainConfig) -> dict:
         train_flops_per_image=train_flops_per_image(cfg.model, data.num_classes),
         peak_tflops=peak_tflops(torch.cuda.get_device_name(accelerator.device)
                                 if accelerator.device.type == "cuda" else None,
-                                cfg.precision, tf32=torch.get_float32_matmul_precision() != "highest"))
+                                mixed_precision(cfg.precision), tf32=cfg.precision == "tf32"))
 
-    model, optimizer, train_dl, val_dl, train_eval_dl = accelerator.prepare(
-        model, optimizer, train_dl, val_dl, train_eval_dl)
+    loaders = [val_dl, train_eval_dl] + ([] if isinstance(train_dl, DeviceBatches) else [train_dl])
+    model, optimizer, val_dl, train_eval_dl, *rest = accelerator.prepare(model, optimizer, *loaders)
+    train_dl = rest[0] if rest else train_dl  # a DataLoader, sharded per rank by accelerate
     if test_dl is not None:
         test_dl = accelerator.prepare(test_dl)
     augment = BatchAugment(cfg.data, data.num_classes).to(accelerator.device)
@@ -166,7 +175,8 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.print(f"vitdist: {derived.num_params:,} parameters; {data.source}: {derived.num_train} train / "
                       f"{derived.num_val} val / {derived.num_test} test; {world_size} process(es) x micro-batch "
                       f"{micro_batch} x {accum} accumulation = global batch {cfg.batch.global_batch_size}; "
-                      f"{steps_per_epoch} steps/epoch; precision {cfg.precision} ({input_dtype} weights); "
+                      f"{steps_per_epoch} steps/epoch; precision {cfg.precision}{' (auto)' * (asked == 'auto')} "
+                      f"({input_dtype} weights); "
                       f"{engine_name(accelerator, zero_stage)}; AdamW {'fused' if fused else 'foreach'}; "
                       f"device {accelerator.device}")
 
@@ -272,16 +282,26 @@ def engine_name(accelerator: Accelerator, zero_stage: int) -> str:
     return "DDP" if accelerator.num_processes > 1 else "one process"
 
 
+def process_device() -> torch.device:
+    """The kind of device the Accelerator will pick, before it exists (its precision depends on it): a GPU
+    unless there is none or ACCELERATE_USE_CPU says no. Creating accelerate's PartialState this early instead
+    would fix the process state before the Accelerator's CPU and DeepSpeed settings are read."""
+    cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    return torch.device("cuda" if cuda else "cpu")
+
+
 def make_accelerator(precision: str, accum: int, world_size: int, trackers=(), run_dir: Path | None = None):
-    """The Accelerator of one run. train() may run several times in one process (sweeps, tests): forget the
-    last run's precision and accumulation, keep the process group."""
+    """The Accelerator of one run, at a resolved precision (resolve_precision). train() may run several times in
+    one process (sweeps, tests): forget the last run's precision and accumulation, keep the process group."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(
-        mixed_precision=precision,
+        mixed_precision=mixed_precision(precision),
         # optimizer_step sets the count for each step; the loader's end must not force a sync of its own.
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
         log_with=list(trackers) or None,
+        # Batches from loader workers come in pinned memory on a GPU: copy them without waiting.
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard"))
         if run_dir is not None else None,
         # Several processes without a GPU talk over gloo (NCCL needs CUDA; DeepSpeed would pick it anyway).
