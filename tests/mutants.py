@@ -67,25 +67,22 @@ MUTANTS = [
            (f"{T_TRAIN}::test_every_step_follows_warmup_then_cosine",)),
     # 4. 1 process == 2 processes, step by step
     Mutant("loss-not-reduced", "1 vs 2 processes", TRAIN,
-           'accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean").tolist()',
-           "torch.stack([step_loss, grad_norm]).tolist()",
+           'stats = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")',
+           "stats = torch.stack([step_loss, grad_norm])",
            (f"{T_DIST}::test_two_processes_match_one",)),
     # 5. a non-finite loss on one rank stops every rank, exit 1 with the advice
     Mutant("nan-on-one-rank-not-shared", "NaN stop", TRAIN,
-           'accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean").tolist()',
-           "torch.stack([step_loss, grad_norm]).tolist()",
+           'stats = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")',
+           "stats = torch.stack([step_loss, grad_norm])",
            (f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice",)),
     Mutant("diverged-not-caught", "NaN stop", TRAIN,
            "        except Diverged as e:\n", "        except ZeroDivisionError as e:\n",
            (f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice",)),
     Mutant("nan-not-checked", "NaN stop", TRAIN,
-           "if not math.isfinite(loss_value) or (", "if False and (",  # never stops
+           '    bad = next((row for row in rows if not', '    bad = next((row for row in [] if not',  # never stops
            (f"{T_TRAIN}::test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint",
-            f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice")),
-    Mutant("nan-stop-crashes-under-deepspeed", "NaN stop", TRAIN,  # the bug this test found, planted back
-           "                    optimizer.zero_grad(set_to_none=True)\n                    return sums",
-           "                    model.zero_grad(set_to_none=True)\n                    return sums",
-           (f"{T_DS}::test_a_nan_on_one_rank_stops_both_under_zero2",)),
+            f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice",
+            f"{T_DS}::test_a_nan_on_one_rank_stops_both_under_zero2")),
     # issue 9: no host sync inside a step
     Mutant("read-every-step", "no host read inside a step", TRAIN,
            "            if len(pending) == cfg.log.every_steps:\n", "            if pending:\n",
@@ -172,7 +169,7 @@ MUTANTS = [
     # 9. untested features
     Mutant("tensorboard-steps-at-epoch-end", "TensorBoard logging", TRAIN,
            'for k in ("loss", "lr", "grad_norm")}, step=row["step"])',
-           'for k in ("loss", "lr", "grad_norm")}, step=state.step)',
+           'for k in ("loss", "lr", "grad_norm")}, step=rows[-1]["step"])',  # every row at the read's last step
            ("tests/test_logging.py::test_tensorboard_holds_every_epoch_metric_and_every_step",)),
     Mutant("pos-embed-and-cls-token-decayed", "weight-decay groups", "vitdist/optim.py",
            "(no_decay if p.ndim <= 1 or name in skip else decay)", "(no_decay if p.ndim <= 1 else decay)",
