@@ -532,14 +532,30 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_train_config(argv, prog="vitdist train")
         try:
             train(cfg)
+            code = 0
         except Diverged as e:
             print(f"vitdist: training stopped: {e}. The last good checkpoint is kept in "
                   f"{Path(cfg.run_dir) / 'checkpoints'}. Try: {NAN_ADVICE}.", file=sys.stderr)
-            return 1
+            code = 1
         finally:
             if torch.distributed.is_initialized():  # train() leaves it up for a next run in the same processes
                 torch.distributed.destroy_process_group()
-    return 0
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """End a DeepSpeed process once everything is written, without the interpreter's teardown. DeepSpeed's engine
+    outlives train() (its hooks on every parameter hold it, and with it process groups that destroy_process_group
+    does not stop); their gloo threads, torn down with the interpreter, aborted about 1 ZeRO-3 run in 12 on CPU
+    ("terminate called without an active exception", SIGABRT) after the run had finished and saved everything."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
