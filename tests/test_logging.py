@@ -45,3 +45,31 @@ def test_tensorboard_holds_every_epoch_metric_and_every_step(tmp_path, one_threa
         assert scalars(f"step/{name}") == pytest.approx({s["step"]: s[name] for s in steps}, rel=1e-6), name
     for name, value in results.items():
         assert scalars(f"final/{name}") == pytest.approx({results["steps"]: float(value)}, rel=1e-6), name
+
+
+@pytest.mark.parametrize("every_steps", [1000, 4])
+def test_tensorboard_is_flushed_once_per_read_not_once_per_step(tmp_path, monkeypatch, one_thread, every_steps):
+    """accelerate's log() flushes TensorBoard's event file at every call: one call per step would flush per step.
+    Reading every 1000 steps (each epoch's end), a run with twice the steps per epoch flushes as often; every 4
+    steps, the flushes follow the reads."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    real_flush = SummaryWriter.flush
+    flushes = []
+
+    def flush(self):
+        flushes.append(1)
+        real_flush(self)
+
+    monkeypatch.setattr(SummaryWriter, "flush", flush)
+    counts = {}
+    for size in (320, 640):  # 8 and 16 steps an epoch, 2 epochs
+        flushes.clear()
+        train(tiny_config(tmp_path / str(size), data={"synthetic_size": size},
+                          log={"tensorboard": True, "every_steps": every_steps}))
+        assert len(read_jsonl(tmp_path / str(size) / "steps.jsonl")) == size // 20  # every step still logged
+        counts[size] = len(flushes)
+    if every_steps == 1000:
+        assert counts[320] == counts[640] < 16, counts
+    else:  # 2 more reads an epoch at 16 steps than at 8: 4 more flushes in all
+        assert counts[640] - counts[320] == 4, counts

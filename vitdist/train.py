@@ -365,14 +365,29 @@ def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: in
         rows = rows[:rows.index(bad) + 1]  # the bad step too, so the logs show where it went
     if accelerator.is_main_process:
         append_jsonl(run_dir / "steps.jsonl", rows)
-    for row in rows:
-        accelerator.log({f"step/{k}": row[k] for k in ("loss", "lr", "grad_norm")}, step=row["step"])
+        log_steps(accelerator.trackers, rows)
     if bad is not None:
         bar.close()
         raise Diverged(f"non-finite {'loss' if not math.isfinite(bad['loss']) else 'gradient norm'} "
                        f"at epoch {epoch + 1}, step {bad['step']} (lr {bad['lr']:.3g})")
     bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.2e}", refresh=False)
     return rows
+
+
+def log_steps(trackers, rows: list[dict]) -> None:
+    """A read's step rows to every tracker at once. accelerate's log() is one call per step, and its TensorBoard
+    tracker flushes the event file at every call: here TensorBoard writes all the rows and flushes once; W&B
+    queues each step (its log() only enqueues); any other tracker gets its log() per row."""
+    values = [({f"step/{k}": row[k] for k in ("loss", "lr", "grad_norm")}, row["step"]) for row in rows]
+    for tracker in trackers:
+        if tracker.name == "tensorboard":
+            for scalars, step in values:
+                for name, value in scalars.items():
+                    tracker.writer.add_scalar(name, value, global_step=step)
+            tracker.writer.flush()
+        else:
+            for scalars, step in values:
+                tracker.log(scalars, step=step)
 
 
 def shrink_after_oom(accelerator: Accelerator, model, cfg: TrainConfig, micro_batch: int, zero_stage: int) -> int:
