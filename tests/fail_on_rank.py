@@ -1,7 +1,9 @@
 """Test helper: vitdist.train's main with a fault planted in rank FAIL_RANK's (or, with "all", every rank's)
 FAIL_STEP-th training forward. FAIL_WITH says which: "raise" (the default) raises; "nan" turns that forward's
 logits NaN (a loss diverged on that rank alone); "sigkill" kills the process on the spot, as a lost machine
-would (each rank of a launch sits in its own session, so killing the launcher would not reach them)."""
+would (each rank of a launch sits in its own session, so killing the launcher would not reach them), at the
+start of its FAIL_STEP-th optimizer step (the same count with one micro-batch a step; the model's forward is
+left alone, so a --compile run compiles the real one)."""
 
 import os
 import signal
@@ -11,21 +13,31 @@ import vitdist.train as train_mod
 
 rank, fail_rank, fail_step = int(os.environ.get("RANK", 0)), os.environ["FAIL_RANK"], int(os.environ["FAIL_STEP"])
 fail_with = os.environ.get("FAIL_WITH", "raise")
+here = fail_rank in ("all", str(rank))
 real_forward = train_mod.VisionTransformer.forward
+real_optimizer_step = train_mod.optimizer_step
 calls = {"n": 0}
 
 
 def forward(self, x):
     if self.training:
         calls["n"] += 1
-        if fail_rank in ("all", str(rank)) and calls["n"] == fail_step:
+        if here and calls["n"] == fail_step:
             if fail_with == "nan":
                 return real_forward(self, x) * float("nan")
-            if fail_with == "sigkill":
-                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"planted failure on rank {rank}")
     return real_forward(self, x)
 
 
-train_mod.VisionTransformer.forward = forward
+def optimizer_step(*args, **kwargs):
+    calls["n"] += 1
+    if here and calls["n"] == fail_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_optimizer_step(*args, **kwargs)
+
+
+if fail_with == "sigkill":
+    train_mod.optimizer_step = optimizer_step
+else:
+    train_mod.VisionTransformer.forward = forward
 sys.exit(train_mod.main(sys.argv[1:]))

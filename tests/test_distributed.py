@@ -47,7 +47,7 @@ def accelerate_launch(*args, num_processes: int, extra=(), timeout=300, env_extr
 
 
 def launch_killed_at(step: int, *args, num_processes: int, extra=()) -> None:
-    """Launch vitdist.train with every rank SIGKILLed at its `step`-th training forward: the job dies mid-epoch,
+    """Launch vitdist.train with every rank SIGKILLed as its `step`-th optimizer step begins: the job dies mid-epoch,
     with nothing written after the last checkpoint."""
     proc = accelerate_launch(str(REPO / "tests" / "fail_on_rank.py"), *args, num_processes=num_processes,
                              extra=extra, env_extra={"FAIL_RANK": "all", "FAIL_STEP": str(step),

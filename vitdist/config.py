@@ -229,6 +229,10 @@ class TrainConfig:
     """auto: bf16 on a GPU that runs it, else fp32 with TF32 matmuls on a GPU (tf32), else fp32 (no); the
     header and config.json say which. bf16 and fp16 (loss scaling, GPU only) run through accelerate's autocast;
     no is strict fp32."""
+    compile: bool = False
+    """torch.compile the model (in place: checkpoints and model.safetensors keep plain names, and load into an
+    uncompiled model). The first steps and evaluations wait for the compiler. Off by default until measured
+    on a GPU: on a CPU it is no faster. Not with DeepSpeed."""
     label_smoothing: float = 0.1
     """Label smoothing of the cross-entropy (combined with Mixup/CutMix's soft targets)."""
     early_stop_patience: int = 15

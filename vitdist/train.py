@@ -119,6 +119,10 @@ def train(cfg: TrainConfig) -> dict:
     # DeepSpeed wraps the optimizer in its own (ZeRO partitions, offload): leave it the plain foreach AdamW there.
     fused = accelerator.state.deepspeed_plugin is None and accelerator.device.type in FUSED_DEVICES
     optimizer = build_optimizer(model, cfg.optim, fused=fused)
+    if cfg.compile:
+        if accelerator.state.deepspeed_plugin is not None:
+            raise UserError("--compile does not run under DeepSpeed in vitdist: drop --compile, or DeepSpeed")
+        model.compile()  # in place, not torch.compile(model): state dicts keep their plain names
     pin = accelerator.device.type == "cuda"
     # Each rank's whole share of an optimizer step at a time; optimizer_step splits it into micro-batches. The
     # data order is then the same whatever the micro-batch, even one changed mid-run. A split held in memory
@@ -178,6 +182,7 @@ def train(cfg: TrainConfig) -> dict:
                       f"{steps_per_epoch} steps/epoch; precision {cfg.precision}{' (auto)' * (asked == 'auto')} "
                       f"({input_dtype} weights); "
                       f"{engine_name(accelerator, zero_stage)}; AdamW {'fused' if fused else 'foreach'}; "
+                      f"{'compiled' if cfg.compile else 'eager'}; "
                       f"device {accelerator.device}")
 
     # --- epochs
