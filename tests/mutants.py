@@ -107,6 +107,18 @@ MUTANTS = [
            "    asked, cfg = cfg.precision, replace(cfg, precision=resolve_precision(cfg.precision, process_device()))",
            "    asked = cfg.precision",
            ("tests/test_precision.py::test_the_run_says_and_records_what_auto_chose",)),
+    # issue 9: --compile, one TensorBoard flush per read
+    Mutant("compile-flag-ignored", "--compile", TRAIN,
+           "        model.compile()  # in place", "        pass  # in place",
+           ("tests/test_compile.py::test_compiled_steps_follow_eager_and_export_plain_weights",)),
+    Mutant("compile-wraps-the-model", "--compile: plain names", TRAIN,
+           "        model.compile()  # in place", "        model = torch.compile(model)  # in place",
+           ("tests/test_compile.py::test_compiled_steps_follow_eager_and_export_plain_weights",)),
+    Mutant("tensorboard-flushed-every-step", "one tracker write per read", TRAIN,
+           "                    tracker.writer.add_scalar(name, value, global_step=step)\n",
+           "                    tracker.writer.add_scalar(name, value, global_step=step)\n"
+           "                tracker.writer.flush()\n",
+           ("tests/test_logging.py::test_tensorboard_is_flushed_once_per_read_not_once_per_step",)),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", TRAIN,
            "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",
