@@ -16,7 +16,7 @@ from vitdist.train import Diverged, train
 
 METRIC_FIELDS = {"epoch", "step", "train_loss", "train_acc", "train_clean_loss", "train_clean_acc", "val_loss",
                  "val_acc", "lr", "grad_norm_mean", "grad_norm_max", "epoch_time_s", "images_per_s",
-                 "achieved_tflops", "mfu"}
+                 "achieved_tflops", "mfu", "skipped_steps"}
 TIMING = {"epoch_time_s", "images_per_s", "achieved_tflops"}
 
 
@@ -37,6 +37,7 @@ def test_short_run_writes_every_metric_and_the_config(tmp_path):
     for m in metrics:
         assert set(m) == METRIC_FIELDS
         assert all(v is not None for k, v in m.items() if k != "mfu")
+        assert m["skipped_steps"] == 0
         assert m["mfu"] is None  # no known peak for a CPU
         assert m["achieved_tflops"] == pytest.approx(flops * m["images_per_s"] / 1e12)
         assert 0.0 <= m["val_acc"] <= 1.0 and m["grad_norm_max"] >= m["grad_norm_mean"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 
 # name -> (module with main(argv), one line of help)
@@ -47,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitdist: error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    try:
+        try:
+            code = module.main(argv[1:]) or 0
+        finally:  # also after --help's SystemExit: a closed pipe shows here, not in the interpreter's exit
+            sys.stdout.flush()
+    except BrokenPipeError:  # `vitdist train --help | head`: the reader left; nothing to say, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -108,6 +108,9 @@ class DataConfig:
     num_workers: Optional[int] = None
     """Loader workers. Default: none for a split held in memory (the training split is then indexed on the
     device), and min(8, this machine's CPUs per process) for image files decoded per batch."""
+    skip_corrupt: bool = False
+    """imagefolder: leave out images that cannot be read (the header says how many; the run folder lists them
+    in skipped_images.txt). Without it, the first such file stops the run with its name."""
     augment: bool = True
     """RandomCrop(img_size, padding=crop_padding) and RandomHorizontalFlip on training batches."""
     crop_padding: int = 4

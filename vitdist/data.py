@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +24,7 @@ from .config import DataConfig, UserError
 DEFAULT_ROOT = Path(os.environ.get("VITDIST_CACHE", "~/.cache/vitdist")).expanduser()
 # Decoded image tensors up to this size stay in memory; larger ImageFolder sets are decoded per batch.
 IN_MEMORY_MAX_BYTES = 4 << 30
+UNREADABLE = -1  # the label FileImages gives a file it cannot decode, when asked to mark rather than raise
 
 
 class TensorImages(Dataset):
@@ -46,8 +47,8 @@ class TensorImages(Dataset):
 class FileImages(Dataset):
     """Image files decoded with PIL per item and resized to img_size: for sets too large to hold decoded."""
 
-    def __init__(self, samples: list[tuple[str, int]], img_size: int):
-        self.samples, self.img_size = samples, img_size
+    def __init__(self, samples: list[tuple[str, int]], img_size: int, mark_unreadable: bool = False):
+        self.samples, self.img_size, self.mark_unreadable = samples, img_size, mark_unreadable
         self.labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
         self.to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize((img_size, img_size), antialias=True)])
 
@@ -58,8 +59,13 @@ class FileImages(Dataset):
         from PIL import Image
 
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            return self.to_tensor(im.convert("RGB")), torch.tensor(label)
+        try:
+            with Image.open(path) as im:
+                return self.to_tensor(im.convert("RGB")), torch.tensor(label)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            if self.mark_unreadable:  # decoding into memory: the main process reports or skips it
+                return torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), torch.tensor(UNREADABLE)
+            raise UserError(f"{path}: not a readable image ({e}): replace or remove it") from None
 
     def subset(self, idx: torch.Tensor) -> "FileImages":
         return FileImages([self.samples[i] for i in idx.tolist()], self.img_size)
@@ -75,6 +81,8 @@ class DataBundle:
     num_classes: int
     classes: list[str]
     source: str
+    skipped: list[str] = field(default_factory=list)
+    """Image files left out as unreadable (--data.skip-corrupt)."""
 
 
 def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -106,11 +114,12 @@ def _labels(ds: Dataset) -> torch.Tensor:
 
 def load_data(cfg: DataConfig, img_size: int, seed: int) -> DataBundle:
     """Build train / val / test splits of cfg.name at img_size."""
+    skipped: list[str] = []
     if cfg.name in ("cifar10", "cifar100"):
         train, test, classes = _cifar(cfg)
         val = None
     elif cfg.name == "imagefolder":
-        train, val, test, classes = _imagefolder(cfg, img_size)
+        train, val, test, classes, skipped = _imagefolder(cfg, img_size)
     elif cfg.name == "digits":
         train, test, classes = _digits(img_size, seed)
         val = None
@@ -128,13 +137,17 @@ def load_data(cfg: DataConfig, img_size: int, seed: int) -> DataBundle:
                             f"{len(train)}: raise it")
         train_idx, val_idx = stratified_split(_labels(train), n_val, seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
+    for flag, n, split in (("train", cfg.train_subset, train), ("val", cfg.val_subset, val)):
+        if n is not None and n > len(split):
+            raise UserError(f"--data.{flag}-subset {n} is more than the {len(split)} {flag} images of {cfg.name}: "
+                            f"pass at most {len(split)}, or leave it out to use them all")
     if cfg.train_subset is not None and cfg.train_subset < len(train):
         train = train.subset(stratified_order(_labels(train), seed + 1)[: cfg.train_subset].sort().values)
     if cfg.val_subset is not None and cfg.val_subset < len(val):
         val = val.subset(stratified_order(_labels(val), seed + 2)[: cfg.val_subset].sort().values)
     n_eval = min(cfg.train_eval_size, len(train))
     train_eval = train.subset(stratified_order(_labels(train), seed + 3)[:n_eval].sort().values)
-    return DataBundle(train, val, test, train_eval, len(classes), classes, cfg.name)
+    return DataBundle(train, val, test, train_eval, len(classes), classes, cfg.name, skipped)
 
 
 def _resize(ds: Dataset, img_size: int) -> Dataset:
@@ -170,39 +183,60 @@ def _imagefolder(cfg: DataConfig, img_size: int):
     root = Path(cfg.root).expanduser()
     train_listing = ImageFolder(str(root / "train"))
     classes = train_listing.classes
-    splits = {}
+    splits, skipped = {}, []
     for split in ("train", "val", "test"):
         if not (root / split).is_dir():
             splits[split] = None
             continue
         listing = train_listing if split == "train" else ImageFolder(str(root / split))
         if listing.classes != classes:
-            raise UserError(f"--data.root {root}: {split}/ has classes {listing.classes[:5]}... but train/ has "
-                            f"{classes[:5]}...: every split needs the same class folders")
+            missing, extra = sorted(set(classes) - set(listing.classes)), sorted(set(listing.classes) - set(classes))
+            raise UserError(f"--data.root {root}: {split}/ and train/ differ in their class folders: "
+                            + "; ".join(f"{what} {', '.join(names[:10])}{' ...' * (len(names) > 10)}"
+                                        for what, names in ((f"missing from {split}/", missing),
+                                                            (f"only in {split}/", extra)) if names)
+                            + ": every split needs the same class folders")
         files = FileImages(listing.samples, img_size)
         if len(files) * 3 * img_size * img_size <= IN_MEMORY_MAX_BYTES:
             files = _decode_cached(files, root / split)
+            bad = (files.labels == UNREADABLE).nonzero().flatten().tolist()
+            if bad:
+                names = [listing.samples[i][0] for i in bad]
+                if not cfg.skip_corrupt:
+                    raise UserError(f"{names[0]}: not a readable image ({len(bad)} such in {root / split}): "
+                                    f"replace or remove it, or pass --data.skip-corrupt to train without them")
+                skipped += names
+                files = files.subset((files.labels != UNREADABLE).nonzero().flatten())
         splits[split] = files
-    return splits["train"], splits["val"], splits["test"], classes
+    return splits["train"], splits["val"], splits["test"], classes, skipped
 
 
 def _decode_cached(files: FileImages, where: Path) -> TensorImages:
-    """Decode every file once into a uint8 tensor, cached under ~/.cache/vitdist/decoded."""
-    key = hashlib.sha1(f"{where.resolve()}|{files.img_size}|{len(files)}|{files.samples[-1][0]}|"
-                       f"{os.stat(files.samples[-1][0]).st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = DEFAULT_ROOT / "decoded" / f"{where.name}-{key}.pt"
+    """Decode every file once into a uint8 tensor, cached under $VITDIST_CACHE/decoded (~/.cache/vitdist). The key
+    covers every file's path, label, size and modification time: a changed, added or removed file decodes afresh.
+    An unreadable file is kept in it marked UNREADABLE, for the caller to report or skip."""
+    h = hashlib.sha1(f"{files.img_size}".encode())
+    for path, label in files.samples:
+        st = os.stat(path)
+        h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+    folder = f"{where.name}-{hashlib.sha1(str(where.resolve()).encode()).hexdigest()[:8]}"
+    cache = DEFAULT_ROOT / "decoded" / f"{folder}-{h.hexdigest()[:16]}.pt"
     if cache.exists():
         d = torch.load(cache, weights_only=True)  # tensors only: the default from torch 2.6, explicit for 2.4-2.5
         return TensorImages(d["images"], d["labels"])
     from tqdm.auto import tqdm
 
-    loader = DataLoader(files, batch_size=512, num_workers=min(4, os.cpu_count() or 1), generator=own_generator())
-    parts = [x for x, _ in tqdm(loader, desc=f"decoding {where}", leave=False, disable=None)]
-    out = TensorImages(torch.cat(parts), files.labels)
+    marking = FileImages(files.samples, files.img_size, mark_unreadable=True)
+    loader = DataLoader(marking, batch_size=512, num_workers=min(4, os.cpu_count() or 1), generator=own_generator())
+    parts = list(tqdm(loader, desc=f"decoding {where}", leave=False, disable=None))
+    out = TensorImages(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     torch.save({"images": out.images, "labels": out.labels}, tmp)
     os.replace(tmp, cache)  # atomic: ranks decoding at once never read half a file
+    for old in cache.parent.glob(f"{folder}-*.pt"):  # this folder's earlier contents
+        if old != cache:
+            old.unlink(missing_ok=True)
     return out
 
 

@@ -163,16 +163,16 @@ def load_run(run_dir: str | Path) -> Run:
         raise UserError(f"RUN_DIR {run_dir} is not a folder: pass a run folder written by `vitdist train` "
                         f"(its --run-dir)")
     metrics = folder / "metrics.jsonl"
-    if not metrics.is_file():
-        raise UserError(f"RUN_DIR {run_dir} has no metrics.jsonl: pass a run folder written by `vitdist train` "
-                        f"(it appears after the first epoch)")
-    rows = read_jsonl(metrics)
-    if not rows:
+    steps = read_jsonl(folder / "steps.jsonl") if (folder / "steps.jsonl").is_file() else []
+    rows = read_jsonl(metrics) if metrics.is_file() else []
+    if not rows and _first_nonfinite([], steps) is None:  # a run that diverged in its first epoch is one
+        if not metrics.is_file():
+            raise UserError(f"RUN_DIR {run_dir} has no metrics.jsonl: pass a run folder written by `vitdist train` "
+                            f"(it appears after the first epoch)")
         raise UserError(f"{metrics} is empty: the run has not finished an epoch yet")
     for i, row in enumerate(rows, 1):
         if "epoch" not in row:
             raise UserError(f"{metrics} row {i} has no 'epoch': pass a metrics file written by `vitdist train`")
-    steps = read_jsonl(folder / "steps.jsonl") if (folder / "steps.jsonl").is_file() else []
     return Run(folder, rows, _read_json(folder / "config.json"), steps, _read_json(folder / "results.json"))
 
 
@@ -210,13 +210,16 @@ def _settings(config: dict | None) -> dict:
     return merged
 
 
-def _first_nonfinite(rows: list[dict], steps: list[dict]) -> str | None:
+def _first_nonfinite(rows: list[dict], steps: list[dict], fp16: bool = False) -> str | None:
+    """The first NaN or inf logged. Under fp16 an infinite gradient norm is the loss scaler's overflow, a step it
+    skipped (routine while the scale settles), not a divergence: only the losses count there."""
     for s in steps:
-        for key in ("loss", "grad_norm"):
+        for key in ("loss",) if fp16 else ("loss", "grad_norm"):
             if _num(s.get(key)) is not None and not _finite(s[key]):
                 return f"steps.jsonl step {s.get('step')}: {key} {s[key]}"
     for r in rows:
-        for key in ("train_loss", "train_clean_loss", "val_loss", "grad_norm_mean", "grad_norm_max"):
+        for key in ("train_loss", "train_clean_loss", "val_loss") + (() if fp16 else ("grad_norm_mean",
+                                                                                       "grad_norm_max")):
             if _num(r.get(key)) is not None and not _finite(r[key]):
                 return f"metrics.jsonl epoch {r.get('epoch')}: {key} {r[key]}"
     return None
@@ -239,11 +242,18 @@ def _trend_curve(rows: list[dict], steps: list[dict]) -> tuple[list[float] | Non
 
 def diagnose(rows: list[dict], config: dict | None = None, steps: list[dict] | None = None,
              results: dict | None = None) -> Diagnosis:
-    """The verdict on one run from its metrics rows (and config, steps, results when there are any)."""
-    if not rows:
-        raise ValueError("diagnose needs at least one metrics row")
+    """The verdict on one run from its metrics rows (and config, steps, results when there are any). Without a
+    row, only a non-finite step can be judged: the run diverged in its first epoch."""
     steps = steps or []
     c = _settings(config)
+    if not rows:
+        bad = _first_nonfinite([], steps)
+        if bad is None:
+            raise ValueError("diagnose needs at least one metrics row, or a non-finite step")
+        ev = {"epochs": 0, "steps": len(steps), "nonfinite": bad}
+        advice, notes = _advice(DIVERGED, c, ev)
+        return Diagnosis(DIVERGED, VERDICTS[DIVERGED], ev, [f"it diverged in its first epoch: {bad}"], advice,
+                         [DIVERGED], notes)
     ev: dict = {"epochs": len(rows), "steps": rows[-1].get("step")}
     lines: list[str] = []
     found: set[str] = set()
@@ -255,7 +265,14 @@ def diagnose(rows: list[dict], config: dict | None = None, steps: list[dict] | N
             "before logging that epoch)" if results is None else ""))
 
     # Divergence: NaN/inf anywhere, or the loss ending above its start.
-    ev["nonfinite"] = _first_nonfinite(rows, steps)
+    fp16 = c["precision"] == "fp16"
+    ev["nonfinite"] = _first_nonfinite(rows, steps, fp16)
+    overflows = sum(r.get("skipped_steps") or 0 for r in rows) if any("skipped_steps" in r for r in rows) else \
+        sum(1 for s in steps if _num(s.get("grad_norm")) is not None and not _finite(s["grad_norm"]))
+    if fp16 and overflows:
+        ev["fp16_skipped_steps"] = overflows
+        lines.append(f"{overflows} fp16 overflow steps skipped by the loss scaler (routine while its scale "
+                     f"settles; not a divergence)")
     if ev["nonfinite"]:
         found.add(DIVERGED)
         lines.append(f"non-finite value: {ev['nonfinite']}")
@@ -547,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.run_dir)
         d = diagnose(run.rows, run.config, run.steps, run.results)
         png = None
-        if args.plot:
+        if args.plot and run.rows:  # no epoch, no curve
             from .plots import plot_runs
 
             try:

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,14 +25,15 @@ from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugi
 from tqdm.auto import tqdm
 
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
-from .config import TrainConfig, UserError, to_dict
+from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
 from .data import BatchAugment, DeviceBatches, TensorImages, eval_loader, load_data, loader_workers, train_loader
 from .flops import mfu, peak_tflops, train_flops_per_image
-from .memory import OutOfMemoryError
+from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
 from .optim import FUSED_DEVICES, build_optimizer, lr_at
 from .precision import mixed_precision, resolve_precision, use_tf32
 
+SKIPPED_FILE = "skipped_images.txt"  # --data.skip-corrupt: the files left out, one path a line
 STATE_FILE = "train_state.json"  # written last into a checkpoint folder: its presence marks it complete
 NAN_ADVICE = ("lower the learning rate 10x (e.g. --optim.lr 1e-4), clip gradients (--optim.max-grad-norm 1.0), "
               "and check that inputs are normalized")
@@ -86,6 +88,8 @@ def batch_plan(global_batch: int, micro_batch: int | None, world_size: int) -> t
 
 
 def train(cfg: TrainConfig) -> dict:
+    if not torch.cuda.is_available():  # what DeepSpeed picks without a GPU anyway, minus its warning on import
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     run_dir = Path(cfg.run_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     micro_batch, accum = batch_plan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size)
@@ -108,6 +112,7 @@ def train(cfg: TrainConfig) -> dict:
             train_batch_size=cfg.batch.global_batch_size, gradient_clipping=cfg.optim.max_grad_norm)
     is_main = accelerator.is_main_process
     state = TrainState()
+    check_run_dir(run_dir, checkpoint_bytes(cfg))  # before any data is read
     resume_dir = find_resume(cfg.resume, run_dir)
     if resume_dir is None:
         clear_earlier_run(run_dir, cfg.overwrite or cfg.resume == "auto", accelerator)
@@ -163,6 +168,8 @@ def train(cfg: TrainConfig) -> dict:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        if data.skipped:
+            (run_dir / SKIPPED_FILE).write_text("".join(f"{path}\n" for path in data.skipped))
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG
         state = TrainState(**json.loads((resume_dir / STATE_FILE).read_text()))
@@ -183,6 +190,8 @@ def train(cfg: TrainConfig) -> dict:
                       f"({input_dtype} weights); "
                       f"{engine_name(accelerator, zero_stage)}; AdamW {'fused' if fused else 'foreach'}; "
                       f"{'compiled' if cfg.compile else 'eager'}; "
+                      + (f"skipped {len(data.skipped)} unreadable images ({run_dir / SKIPPED_FILE}); "
+                         if data.skipped else "") +
                       f"device {accelerator.device}")
 
     # --- epochs
@@ -219,7 +228,7 @@ def train(cfg: TrainConfig) -> dict:
         bar.close()
         train_time = time.perf_counter() - t0
         loss_sum, correct, count = accelerator.reduce(sums, "sum").tolist()
-        norms = [row["grad_norm"] for row in step_log]  # pre-clip, per optimizer step
+        norm_mean, norm_max, skipped_steps = grad_norm_stats(step_log)
         achieved_tflops = derived.train_flops_per_image * count / train_time / 1e12  # all ranks' images
 
         # --- evaluate, log, checkpoint
@@ -232,7 +241,7 @@ def train(cfg: TrainConfig) -> dict:
             "train_acc": None if cfg.data.mixes else correct / count,
             "train_clean_loss": clean_loss, "train_clean_acc": clean_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-            "grad_norm_mean": sum(norms) / len(norms), "grad_norm_max": max(norms),
+            "grad_norm_mean": norm_mean, "grad_norm_max": norm_max, "skipped_steps": skipped_steps,
             "epoch_time_s": time.perf_counter() - t0, "images_per_s": count / train_time,
             "achieved_tflops": achieved_tflops,
             "mfu": mfu(achieved_tflops, derived.peak_tflops, world_size),  # None where the peak is unknown
@@ -379,6 +388,15 @@ def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: in
     return rows
 
 
+def grad_norm_stats(step_log: list[dict]) -> tuple[float | None, float | None, int]:
+    """(mean, max, skipped) of an epoch's pre-clip gradient norms. A non-finite norm that got this far is an fp16
+    overflow (any other stops the run at its read): the scaler skipped that step, routinely while its scale
+    settles; it is counted, not averaged in."""
+    finite = [row["grad_norm"] for row in step_log if math.isfinite(row["grad_norm"])]
+    return (sum(finite) / len(finite) if finite else None, max(finite) if finite else None,
+            len(step_log) - len(finite))
+
+
 def log_steps(trackers, rows: list[dict]) -> None:
     """A read's step rows to every tracker at once. accelerate's log() is one call per step, and its TensorBoard
     tracker flushes the event file at every call: here TensorBoard writes all the rows and flushes once; W&B
@@ -454,7 +472,35 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) 
     accelerator.wait_for_everyone()
 
 
-EARLIER_RUN = ("metrics.jsonl", "steps.jsonl", "results.json", "model.safetensors", "checkpoints", "tensorboard")
+EARLIER_RUN = ("metrics.jsonl", "steps.jsonl", "results.json", "model.safetensors", "checkpoints", "tensorboard",
+               SKIPPED_FILE)
+
+
+def checkpoint_bytes(cfg: TrainConfig) -> int:
+    """About what one checkpoint and the exported weights take: fp32 weights and AdamW's two moments, the weights
+    again as model.safetensors, 1 MB for the rest (RNG states, scaler, JSON)."""
+    classes = cfg.model.num_classes or DATASET_CLASSES.get(cfg.data.name, 1000)  # imagefolder: a generous guess
+    return 16 * vit_param_counts(cfg.model, classes)[0] + (1 << 20)
+
+
+def check_run_dir(run_dir: Path, needed: int) -> None:
+    """One line and exit 2, before any data is read, when the run folder cannot hold the run: a file in its place,
+    nowhere to write, or less free space than a checkpoint takes. The folder itself is not made here."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a folder: pick another --run-dir")
+    nearest = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not nearest.is_dir():
+        raise UserError(f"--run-dir {run_dir}: {nearest} is a file, not a folder: pick another --run-dir")
+    try:
+        with tempfile.TemporaryFile(dir=nearest):
+            pass
+    except OSError as e:
+        raise UserError(f"--run-dir {run_dir}: cannot write in {nearest} ({e.strerror}): pick a folder you can "
+                        f"write to") from None
+    free = shutil.disk_usage(nearest).free
+    if free < needed:
+        raise UserError(f"--run-dir {run_dir}: {free / 2**20:.0f} MB free there, and a checkpoint of this model "
+                        f"takes about {needed / 2**20:.0f} MB: free some space or pick another --run-dir")
 
 
 def clear_earlier_run(run_dir: Path, allowed: bool, accelerator: Accelerator) -> None:
@@ -554,8 +600,11 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
             code = 0
         except Diverged as e:
-            print(f"vitdist: training stopped: {e}. The last good checkpoint is kept in "
-                  f"{Path(cfg.run_dir) / 'checkpoints'}. Try: {NAN_ADVICE}.", file=sys.stderr)
+            kept = complete_checkpoints(Path(cfg.run_dir) / "checkpoints")
+            where = (f"The last good checkpoint is kept in {kept[-1]}" if kept else
+                     "No checkpoint was written before it (`vitdist diagnose` reads the steps it logged); start "
+                     "again with --overwrite")
+            print(f"vitdist: training stopped: {e}. {where}. Try: {NAN_ADVICE}.", file=sys.stderr)
             code = 1
         finally:
             if torch.distributed.is_initialized():  # train() leaves it up for a next run in the same processes

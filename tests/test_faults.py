@@ -1,0 +1,178 @@
+"""Issue 10: every fault answered. Bad data, a run folder that cannot hold the run, messages that said less than
+they knew, fp16 overflow read as overflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import namedtuple
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, tiny_config
+from test_diagnose import config as diagnose_config
+from test_diagnose import make_rows
+from vitdist import diagnose as dg
+from vitdist import train as train_mod
+from vitdist.config import DataConfig, UserError
+from vitdist.data import load_data
+from vitdist.train import grad_norm_stats, train
+
+
+def image_folder(root, classes=("cat", "dog"), splits=(("train", 12), ("val", 4)), size=24):
+    for split, n in splits:
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (size, size), (40 * k + i, 255 - 30 * k, 7 * i)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def folder_config(root, **data) -> DataConfig:
+    return DataConfig(name="imagefolder", root=str(root), train_eval_size=8, **data)
+
+
+# --- the decode cache follows the files
+
+def test_a_changed_added_or_removed_file_decodes_afresh(tmp_path):
+    root = image_folder(tmp_path / "data")
+    first = load_data(folder_config(root), 16, 0)
+    again = load_data(folder_config(root), 16, 0)  # from the cache
+    assert torch.equal(first.train.images, again.train.images)
+    # The same name, size and class: only the pixels and the modification time differ.
+    path = root / "train" / "dog" / "3.png"
+    Image.new("RGB", (24, 24), (0, 0, 0)).save(path)
+    changed = load_data(folder_config(root), 16, 0)
+    assert not torch.equal(first.train.images, changed.train.images)
+    assert changed.train.images.sum() < first.train.images.sum()  # a black image came in
+    Image.new("RGB", (24, 24), (9, 9, 9)).save(root / "train" / "dog" / "12.png")
+    assert len(load_data(folder_config(root), 16, 0).train) == len(first.train) + 1
+    (root / "train" / "cat" / "0.png").unlink()
+    (root / "train" / "dog" / "12.png").unlink()
+    assert len(load_data(folder_config(root), 16, 0).train) == len(first.train) - 1
+
+
+# --- unreadable images
+
+def test_an_unreadable_image_is_one_line_naming_it(tmp_path):
+    root = image_folder(tmp_path / "data")
+    bad = root / "train" / "dog" / "3.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    with pytest.raises(UserError, match=rf"^{bad}: not a readable image \(1 such in .*--data.skip-corrupt"):
+        load_data(folder_config(root), 16, 0)
+    proc = subprocess.run([sys.executable, "-m", "vitdist", "train", "--data.name", "imagefolder", "--data.root",
+                           str(root), "--epochs", "1", "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and str(bad) in proc.stderr
+
+
+def test_skip_corrupt_leaves_them_out_and_lists_them(tmp_path, capsys):
+    root = image_folder(tmp_path / "data")
+    bad = [root / "train" / "dog" / "3.png", root / "val" / "cat" / "1.png"]
+    for path in bad:
+        path.write_bytes(b"garbage")
+    data = load_data(folder_config(root, skip_corrupt=True), 16, 0)
+    assert sorted(data.skipped) == sorted(map(str, bad))
+    assert len(data.train) + len(data.val) == 2 * 12 + 2 * 4 - 2
+    run = tmp_path / "run"
+    train(tiny_config(run, epochs=1, batch={"global_batch_size": 8},
+                      data={"name": "imagefolder", "root": str(root), "skip_corrupt": True, "train_eval_size": 8}))
+    assert f"skipped 2 unreadable images ({run / 'skipped_images.txt'})" in capsys.readouterr().out
+    assert sorted((run / "skipped_images.txt").read_text().splitlines()) == sorted(map(str, bad))
+
+
+# --- the run folder, checked before any data is read
+
+def test_a_run_folder_that_cannot_hold_the_run_is_one_line(tmp_path, monkeypatch):
+    def refused(run_dir, match):
+        reads = []
+        monkeypatch.setattr(train_mod, "load_data", lambda *a: reads.append(a))
+        with pytest.raises(UserError, match=match):
+            train(tiny_config(run_dir))
+        assert not reads  # before any data was read
+
+    (tmp_path / "a_file").write_text("x")
+    refused(tmp_path / "a_file", "is a file, not a folder")
+    refused(tmp_path / "a_file" / "run", "a_file is a file, not a folder")
+    refused("/sys/vitdist-run", r"cannot write in /sys \(")  # read-only here, even to root
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(train_mod.shutil, "disk_usage", lambda path: Usage(10 << 20, 10 << 20, 100 << 10))
+    refused(tmp_path / "run", r"0 MB free there, and a checkpoint of this model takes about 1 MB")
+
+
+# --- messages that said less than they knew
+
+def test_a_class_mismatch_names_what_is_missing_and_what_is_extra(tmp_path):
+    root = image_folder(tmp_path / "data", classes=("cat", "dog", "truck"), splits=(("train", 2),))
+    image_folder(root, classes=("ant", "cat", "dog"), splits=(("val", 2),))
+    with pytest.raises(UserError, match=r"missing from val/ truck; only in val/ ant: every split"):
+        load_data(folder_config(root), 16, 0)
+
+
+def test_a_subset_larger_than_the_split_is_refused():
+    with pytest.raises(UserError, match=r"--data.train-subset 100000 is more than the 256 train images"):
+        load_data(DataConfig(name="synthetic", synthetic_size=320, val_fraction=0.2, train_subset=100_000), 16, 0)
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    """`vitdist train --help | head`: the reader leaves early; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "vitdist", "train", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdout.close()  # before vitdist has written a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and err == "", err[-2000:]
+
+
+def test_no_deepspeed_line_in_a_single_process_run(tmp_path):
+    pytest.importorskip("deepspeed", reason="the line comes from importing DeepSpeed")
+    proc = subprocess.run([sys.executable, "-m", "vitdist", "train", "--data.name", "synthetic", "--epochs", "1",
+                           "--model.num-layers", "1", "--model.embed-dim", "32", "--model.num-heads", "2",
+                           "--model.dim-feedforward", "64", "--log.no-tensorboard", "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Setting accelerator" not in proc.stdout + proc.stderr
+
+
+def test_a_run_that_diverges_in_its_first_epoch_says_so_and_diagnose_reads_it(tmp_path, monkeypatch, capsys):
+    real_forward = train_mod.VisionTransformer.forward
+
+    def forward(self, x):
+        out = real_forward(self, x)
+        return out * float("nan") if self.training else out
+
+    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+    run = tmp_path / "run"
+    code = train_mod.main(["--data.name", "synthetic", "--data.synthetic-size", "320", "--epochs", "2",
+                           "--model.num-layers", "1", "--log.no-tensorboard", "--log.no-progress", "--run-dir",
+                           str(run)])
+    err = capsys.readouterr().err
+    assert code == 1 and "non-finite loss at epoch 1, step 1" in err
+    assert "No checkpoint was written before it" in err and "kept in" not in err
+    assert dg.main([str(run), "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["verdict"] == dg.DIVERGED and "first epoch" in verdict["lines"][0]
+
+
+# --- fp16: an overflow step is the scaler's, not a divergence
+
+def test_fp16_overflow_steps_are_counted_not_averaged():
+    log = [{"grad_norm": g} for g in (math.inf, math.inf, 2.0, 4.0)]
+    assert grad_norm_stats(log) == (3.0, 4.0, 2)
+    assert grad_norm_stats([{"grad_norm": math.inf}]) == (None, None, 1)
+
+
+def test_diagnose_reads_fp16_overflow_as_overflow():
+    steps = [{"step": i, "epoch": 1, "loss": 2.3 - 0.01 * i, "lr": 1e-3,
+              "grad_norm": math.inf if i < 5 else 1.0} for i in range(1, 60)]
+    rows = make_rows()
+    rows[0]["skipped_steps"] = 4
+    healthy = dg.diagnose(rows, diagnose_config(precision="fp16"), steps)
+    assert healthy.verdict != dg.DIVERGED and healthy.evidence["fp16_skipped_steps"] == 4
+    assert any("4 fp16 overflow steps skipped" in line for line in healthy.lines)
+    # The same infinite norms in a bf16 run are a divergence.
+    assert dg.diagnose(rows, diagnose_config(precision="bf16"), steps).verdict == dg.DIVERGED
