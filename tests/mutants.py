@@ -140,6 +140,18 @@ MUTANTS = [
     Mutant("fp16-overflow-read-as-divergence", "fp16 skipped steps", "vitdist/diagnose.py",
            '    fp16 = c["precision"] == "fp16"\n', "    fp16 = False\n",
            ("tests/test_faults.py::test_diagnose_reads_fp16_overflow_as_overflow",)),
+    Mutant("config-rewritten-on-resume", "a run folder is a record", TRAIN,
+           "        if saved is None or not (run_dir / \"config.json\").exists():",
+           "        if True:",
+           ("tests/test_record.py::test_resume_alone_continues_the_run_as_its_config_says",
+            "tests/test_record.py::test_extending_a_finished_run_continues_the_rate_without_a_jump")),
+    Mutant("resume-flags-not-checked", "a run folder is a record", TRAIN,
+           "    if saved is not None:\n        check_resume(", "    if False:\n        check_resume(",
+           ("tests/test_record.py::test_a_resume_that_would_change_the_run_is_refused_and_touches_nothing",)),
+    Mutant("extension-jumps-the-rate", "extending a run", TRAIN,  # the cosine recomputed over the new length
+           "    first_epochs = saved.epochs if saved is not None else cfg.epochs",
+           "    first_epochs = cfg.epochs; extensions = []",
+           ("tests/test_record.py::test_extending_a_finished_run_continues_the_rate_without_a_jump",)),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", TRAIN,
            "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",

@@ -41,3 +41,17 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int, warmup_steps: int) -> f
     decay_steps = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def scheduled_lr(step: int, cfg: OptimConfig, steps_per_epoch: int, warmup_steps: int, planned_epochs: int,
+                 extensions: list[dict]) -> float:
+    """lr_at over the epochs first planned; then, for each extension of the run (config.json's "extended"), a new
+    cosine from the rate the schedule had reached at its from_step down to min_lr at its last epoch: a run
+    extended on resume keeps a continuous rate, with no jump back up."""
+    lr = lr_at(step, cfg, planned_epochs * steps_per_epoch, warmup_steps)
+    for ext in extensions:
+        if step >= ext["from_step"]:
+            span = max(ext["epochs"] * steps_per_epoch - ext["from_step"], 1)
+            progress = min((step - ext["from_step"]) / span, 1.0)
+            lr = cfg.min_lr + 0.5 * (ext["from_lr"] - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+    return lr

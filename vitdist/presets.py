@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from .config import BatchConfig, ConfigError, TrainConfig
 
@@ -91,7 +92,23 @@ def parse_with_preset(cls, argv: list[str] | None, prog: str, summary: str):
 
 
 def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> TrainConfig:
-    return parse_with_preset(TrainConfig, argv, prog, "Train a ViT.")
+    """The preset and flags; or, with --resume and without --preset, the run's own config.json and the flags given
+    (`vitdist train --run-dir R --resume auto` alone continues R as it was). train() then refuses any flag that
+    changes what a resume may not."""
+    import tyro
+
+    from .train import find_resume, run_record
+
+    cfg = parse_with_preset(TrainConfig, argv, prog, "Train a ViT.")
+    args = sys.argv[1:] if argv is None else argv
+    if cfg.resume is None or any(a == "--preset" or a.startswith("--preset=") for a in args):
+        return cfg
+    record = run_record(find_resume(cfg.resume, Path(cfg.run_dir)))
+    if record is None:
+        return cfg
+    saved, extensions = record
+    base = replace(saved, epochs=extensions[-1]["epochs"]) if extensions else saved
+    return tyro.cli(TrainConfig, default=base, args=args, prog=prog)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,12 +25,12 @@ from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugi
 from tqdm.auto import tqdm
 
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
-from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
+from .config import DATASET_CLASSES, TrainConfig, UserError, from_dict, to_dict
 from .data import BatchAugment, DeviceBatches, TensorImages, eval_loader, load_data, loader_workers, train_loader
 from .flops import mfu, peak_tflops, train_flops_per_image
 from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
-from .optim import FUSED_DEVICES, build_optimizer, lr_at
+from .optim import FUSED_DEVICES, build_optimizer, scheduled_lr
 from .precision import mixed_precision, resolve_precision, use_tf32
 
 SKIPPED_FILE = "skipped_images.txt"  # --data.skip-corrupt: the files left out, one path a line
@@ -116,6 +116,13 @@ def train(cfg: TrainConfig) -> dict:
     resume_dir = find_resume(cfg.resume, run_dir)
     if resume_dir is None:
         clear_earlier_run(run_dir, cfg.overwrite or cfg.resume == "auto", accelerator)
+    # A run folder is a record: its config.json, written once, rules a resume (check_resume), which may only
+    # extend it. `extensions` are config.json's "extended" entries, one per extension.
+    record = run_record(resume_dir)
+    saved, extensions = record if record is not None else (None, [])
+    planned = extensions[-1]["epochs"] if extensions else saved.epochs if saved else cfg.epochs
+    if saved is not None:
+        check_resume(cfg, saved, planned, resume_dir)
 
     # --- data, model, optimizer
     set_seed(cfg.seed)  # the same initial weights on every rank
@@ -167,12 +174,27 @@ def train(cfg: TrainConfig) -> dict:
     # --- run folder, resume, trackers
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        if saved is None or not (run_dir / "config.json").exists():  # written once, by the run that starts here
+            (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
         if data.skipped:
             (run_dir / SKIPPED_FILE).write_text("".join(f"{path}\n" for path in data.skipped))
+    first_epochs = saved.epochs if saved is not None else cfg.epochs
+
+    def schedule(step: int) -> float:
+        return scheduled_lr(step, cfg.optim, steps_per_epoch, derived.warmup_steps, first_epochs, extensions)
+
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG
         state = TrainState(**json.loads((resume_dir / STATE_FILE).read_text()))
+        if cfg.epochs > planned:  # extended: a new cosine from where the rate is now (optim.scheduled_lr)
+            extensions.append({"from_epochs": planned, "epochs": cfg.epochs, "from_step": state.step,
+                               "from_lr": schedule(state.step)})
+            if is_main:
+                (run_dir / "config.json").write_text(json.dumps({**to_dict(saved), "extended": extensions},
+                                                                indent=2) + "\n")
+            accelerator.print(f"extending the run from {planned} to {cfg.epochs} epochs: the learning rate goes on "
+                              f"from {extensions[-1]['from_lr']:.3g} down to min_lr {cfg.optim.min_lr:.3g} over "
+                              f"the {cfg.epochs - planned} added epochs (a new cosine; config.json's \"extended\")")
         if is_main:
             truncate_jsonl(run_dir / "metrics.jsonl", "epoch", state.epoch)
             truncate_jsonl(run_dir / "steps.jsonl", "step", state.step)
@@ -207,7 +229,7 @@ def train(cfg: TrainConfig) -> dict:
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                    disable=not (is_main and cfg.log.progress and sys.stderr.isatty()))
         for x, y in train_dl:  # this rank's share of one optimizer step's global batch
-            lr = lr_at(state.step, cfg.optim, derived.total_steps, derived.warmup_steps)
+            lr = schedule(state.step)
             for group in optimizer.param_groups:  # set before backward: DeepSpeed steps inside it
                 group["lr"] = lr
             while True:
@@ -515,6 +537,36 @@ def clear_earlier_run(run_dir: Path, allowed: bool, accelerator: Accelerator) ->
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     accelerator.wait_for_everyone()
+
+
+# What a resume may change; anything else in the run's config.json stays as it was.
+RESUME_MAY_CHANGE = ("epochs", "resume", "run_dir", "overwrite", "test_at_end", "checkpoint_every_epochs",
+                     "data.root", "data.num_workers", "batch.micro_batch_size", "batch.auto", "log.")
+
+
+def run_record(resume_dir: Path | None) -> tuple[TrainConfig, list[dict]] | None:
+    """(config, extensions) from the config.json of the run a checkpoint belongs to (RUN/checkpoints/epoch_N);
+    None for a fresh start or a checkpoint without its run folder."""
+    if resume_dir is None or not (path := resume_dir.parent.parent / "config.json").is_file():
+        return None
+    d = json.loads(path.read_text())
+    extensions = d.pop("extended", [])
+    return from_dict(d), extensions
+
+
+def check_resume(cfg: TrainConfig, saved: TrainConfig, planned: int, resume_dir: Path) -> None:
+    """One line naming every field the resume would change that a resume may not, before anything is touched."""
+    from .presets import as_flag, changed_fields
+
+    changes = {k: v for k, v in changed_fields(cfg, saved).items() if not k.startswith(RESUME_MAY_CHANGE)}
+    if changes:
+        raise UserError(f"--resume continues the run of {resume_dir.parent.parent / 'config.json'}, which this "
+                        f"would change: " + ", ".join(f"{as_flag(k, new)} (the run has {old})"
+                                                      for k, (old, new) in changes.items())
+                        + ": leave those flags out, or start a new run in another --run-dir")
+    if cfg.epochs < planned:
+        raise UserError(f"--epochs {cfg.epochs}: the run is planned for {planned} epochs, and a resume can only "
+                        f"extend it (its schedule is fixed); stop it early instead, or start a new run")
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
