@@ -176,3 +176,29 @@ def test_diagnose_reads_fp16_overflow_as_overflow():
     assert any("4 fp16 overflow steps skipped" in line for line in healthy.lines)
     # The same infinite norms in a bf16 run are a divergence.
     assert dg.diagnose(rows, diagnose_config(precision="bf16"), steps).verdict == dg.DIVERGED
+
+
+# --- short runs
+
+def test_a_warmup_longer_than_the_run_is_said_at_start(tmp_path, capsys):
+    train(tiny_config(tmp_path / "run", epochs=2, optim={"warmup_epochs": 5.0}))
+    out = capsys.readouterr().out
+    steps = [json.loads(line) for line in open(tmp_path / "run" / "steps.jsonl")]
+    top = max(s["lr"] for s in steps)
+    assert top < 1e-3 * 0.5  # 16 of 40 warmup steps: it never got near 1e-3
+    assert (f"warning: --optim.warmup-epochs 5 of a 2-epoch run: the rate never reaches --optim.lr 0.001 "
+            f"(it ends at {top:.3g}); a tenth of the run is usual: --optim.warmup-epochs 0.2") in out
+    train(tiny_config(tmp_path / "ok", epochs=2, optim={"warmup_epochs": 0.5}))
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_sweep_lr_without_epochs_runs_a_few_epochs_a_rate(tmp_path, capsys):
+    from test_sweep import TINY_FLAGS as SWEEP_FLAGS
+    from vitdist.sweep import SWEEP_EPOCHS
+    from vitdist.sweep import main as sweep_main
+
+    flags = [f for i, f in enumerate(SWEEP_FLAGS) if f != "--epochs" and SWEEP_FLAGS[i - 1] != "--epochs"]
+    assert sweep_main(["lr", *flags, "--lrs", "1e-3", "--sweep-dir", str(tmp_path)]) == 0
+    assert f"sweep lr: {SWEEP_EPOCHS} epochs a rate" in capsys.readouterr().out
+    metrics = [json.loads(line) for line in open(tmp_path / "lr_0.001" / "metrics.jsonl")]
+    assert len(metrics) == SWEEP_EPOCHS == 5

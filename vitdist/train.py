@@ -216,6 +216,13 @@ def train(cfg: TrainConfig) -> dict:
                          if data.skipped else "") +
                       f"device {accelerator.device}")
 
+    if cfg.optim.warmup_epochs > cfg.epochs / 2 and state.epoch == 0:  # a short run under a long warmup
+        peak = schedule(derived.total_steps - 1) if cfg.optim.warmup_epochs >= cfg.epochs else cfg.optim.lr
+        accelerator.print(f"warning: --optim.warmup-epochs {cfg.optim.warmup_epochs:g} of a {cfg.epochs}-epoch run: "
+                          + (f"the rate never reaches --optim.lr {cfg.optim.lr:g} (it ends at {peak:.3g})"
+                             if cfg.optim.warmup_epochs >= cfg.epochs else "most of the run is warmup")
+                          + f"; a tenth of the run is usual: --optim.warmup-epochs {max(cfg.epochs / 10, 0.1):g}")
+
     # --- epochs
     stopped_early = False
     table = EpochTable(accelerator.print)
