@@ -209,7 +209,10 @@ class LogConfig:
     tensorboard: bool = True
     """Write TensorBoard event files into RUN_DIR/tensorboard."""
     progress: bool = True
-    """Progress bar within each epoch (rank 0, only on a terminal)."""
+    """Progress within each epoch, on rank 0: a live bar at a terminal; elsewhere (a file, a pipe, a SLURM log)
+    a plain line every --log.progress-every-s seconds."""
+    progress_every_s: float = 30.0
+    """Seconds between the plain progress lines written when the output is not a terminal."""
     every_steps: int = 50
     """Read the steps' loss and gradient norm on the host every this many optimizer steps (and at each epoch's
     end): one wait for the device per read, not per step. steps.jsonl still gets every step; a non-finite loss

@@ -226,6 +226,7 @@ def train(cfg: TrainConfig) -> dict:
     # --- epochs
     stopped_early = False
     table = EpochTable(accelerator.print)
+    table.header()  # now, not when the first epoch ends
     for epoch in range(state.epoch, cfg.epochs):
         train_dl.set_epoch(epoch)
         model.train()
@@ -233,8 +234,8 @@ def train(cfg: TrainConfig) -> dict:
         sums = torch.zeros(3, device=accelerator.device)  # loss x n, correct, n
         pending = []  # (step, lr, [loss, grad norm] on the device) of the steps not read yet
         step_log = []  # this epoch's steps, read
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not (is_main and cfg.log.progress and sys.stderr.isatty()))
+        bar = Progress(steps_per_epoch, cfg.batch.global_batch_size, f"epoch {epoch + 1}/{cfg.epochs}",
+                       is_main and cfg.log.progress, cfg.log.progress_every_s, accelerator.print)
         for x, y in train_dl:  # this rank's share of one optimizer step's global batch
             lr = schedule(state.step)
             for group in optimizer.param_groups:  # set before backward: DeepSpeed steps inside it
@@ -250,7 +251,7 @@ def train(cfg: TrainConfig) -> dict:
             sums += step_sums
             state.step += 1
             pending.append((state.step, lr, stats))
-            bar.update(1)
+            bar.step()
             if len(pending) == cfg.log.every_steps:
                 step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)
         step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)  # before any checkpoint
@@ -413,7 +414,7 @@ def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: in
         bar.close()
         raise Diverged(f"non-finite {'loss' if not math.isfinite(bad['loss']) else 'gradient norm'} "
                        f"at epoch {epoch + 1}, step {bad['step']} (lr {bad['lr']:.3g})")
-    bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{rows[-1]['lr']:.2e}", refresh=False)
+    bar.show(rows[-1])
     return rows
 
 
@@ -628,6 +629,49 @@ def flat_config(cfg: TrainConfig, derived: Derived) -> dict:
     return out
 
 
+class Progress:
+    """An epoch's progress, on rank 0. At a terminal, a live tqdm bar on stderr: steps, images/s, time left, and
+    the loss and rate of the last read. Otherwise (a file, a pipe, a SLURM log) a plain line at a read when
+    `every_s` seconds have passed since the last one, and never a carriage return."""
+
+    def __init__(self, steps: int, batch: int, desc: str, enabled: bool, every_s: float, print_fn):
+        self.steps, self.batch, self.desc, self.print, self.every_s = steps, batch, desc, print_fn, every_s
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last_line = self.t0
+        self.bar = None
+        self.plain = enabled and not sys.stderr.isatty()
+        if enabled and not self.plain:
+            # A terminal that reports its size as 0 x 0 (a bare pty) would get no bar from tqdm: assume 100 x 24.
+            size = shutil.get_terminal_size((100, 24))
+            self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, ncols=size.columns, nrows=size.lines,
+                            file=sys.stderr,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+
+    def step(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            rate = self.done * self.batch / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix_str(f"{rate:,.0f} img/s{self.read}", refresh=False)
+            self.bar.update(1)
+
+    read = ""  # ", loss L, lr R" of the last read
+
+    def show(self, row: dict) -> None:
+        """After a read: the loss and rate it read."""
+        self.read = f", loss {row['loss']:.4f}, lr {row['lr']:.2e}"
+        now = time.perf_counter()
+        if self.plain and now - self.last_line >= self.every_s:
+            elapsed = now - self.t0
+            left = elapsed / self.done * (self.steps - self.done)
+            self.print(f"{self.desc} step {self.done}/{self.steps}: {self.done * self.batch / elapsed:,.0f} img/s"
+                       f"{self.read}, {elapsed:.0f} s in, about {left:.0f} s left")
+            self.last_line = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class EpochTable:
     """One printed row per epoch."""
 
@@ -640,10 +684,13 @@ class EpochTable:
     def __init__(self, print_fn):
         self.print, self.printed_header = print_fn, False
 
-    def row(self, m: dict, best: bool) -> None:
+    def header(self) -> None:
         if not self.printed_header:
             self.print(self.HEADER)
             self.printed_header = True
+
+    def row(self, m: dict, best: bool) -> None:
+        self.header()
         cells = [fmt.format(m[k]) if m[k] is not None else f"{'-':>{len(fmt.format(0.0 if 'f' in fmt else 0))}}"
                  for k, fmt in self.COLUMNS]
         self.print(" ".join(cells) + (" *" if best else ""))
