@@ -3,7 +3,8 @@ FAIL_STEP-th training forward. FAIL_WITH says which: "raise" (the default) raise
 logits NaN (a loss diverged on that rank alone); "sigkill" kills the process on the spot, as a lost machine
 would (each rank of a launch sits in its own session, so killing the launcher would not reach them), at the
 start of its FAIL_STEP-th optimizer step (the same count with one micro-batch a step; the model's forward is
-left alone, so a --compile run compiles the real one)."""
+left alone, so a --compile run compiles the real one). "sigint", "sigterm" and "sigint-twice" send those
+signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient second Ctrl-C would."""
 
 import os
 import signal
@@ -29,14 +30,19 @@ def forward(self, x):
     return real_forward(self, x)
 
 
+SIGNALS = {"sigkill": [signal.SIGKILL], "sigint": [signal.SIGINT], "sigterm": [signal.SIGTERM],
+           "sigint-twice": [signal.SIGINT, signal.SIGINT]}
+
+
 def optimizer_step(*args, **kwargs):
     calls["n"] += 1
     if here and calls["n"] == fail_step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        for signum in SIGNALS[fail_with]:
+            os.kill(os.getpid(), signum)
     return real_optimizer_step(*args, **kwargs)
 
 
-if fail_with == "sigkill":
+if fail_with in SIGNALS:
     train_mod.optimizer_step = optimizer_step
 else:
     train_mod.VisionTransformer.forward = forward

@@ -252,6 +252,9 @@ class TrainConfig:
     checkpoint folder."""
     checkpoint_every_epochs: int = 1
     """Save a checkpoint every this many epochs (and always at the last)."""
+    checkpoint_every_steps: int = 0
+    """Also save one every this many optimizer steps, inside epochs (a resume continues mid-epoch exactly);
+    0: only at epoch ends. Ctrl-C and SIGTERM save one wherever the run is."""
     overwrite: bool = False
     """Start afresh in a RUN_DIR that holds an earlier run, deleting its logs and checkpoints (without this, such
     a folder is refused: continue it with --resume auto, or pick another --run-dir)."""
@@ -264,6 +267,8 @@ class TrainConfig:
         _require(0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         _require(self.early_stop_patience >= 0, f"--early-stop-patience must be >= 0, got {self.early_stop_patience}")
         _positive(self.checkpoint_every_epochs, "--checkpoint-every-epochs")
+        _require(self.checkpoint_every_steps >= 0, f"--checkpoint-every-steps must be >= 0, got "
+                                                   f"{self.checkpoint_every_steps}")
         _require(self.model.num_classes is None or self.model.num_classes >= 2, "--model.num-classes must be >= 2")
 
 

@@ -320,9 +320,13 @@ class DeviceBatches:
         return self.sampler.steps
 
     def __iter__(self):
+        return self.from_step(0)
+
+    def from_step(self, first: int):
+        """This epoch's batches from step `first` (0-based) on."""
         # (steps, ranks, share): this rank's indices for every step of the epoch, on the device at once.
         shares = self.sampler.order().view(self.sampler.steps, self.world_size, -1)[:, self.rank].to(self.device)
-        for idx in shares:
+        for idx in shares[first:]:
             yield self.images[idx], self.labels[idx]
 
 

@@ -10,10 +10,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -32,6 +34,7 @@ from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
 from .optim import FUSED_DEVICES, build_optimizer, scheduled_lr
 from .precision import mixed_precision, resolve_precision, use_tf32
+from .stopping import STOP, Interrupted
 
 SKIPPED_FILE = "skipped_images.txt"  # --data.skip-corrupt: the files left out, one path a line
 STATE_FILE = "train_state.json"  # written last into a checkpoint folder: its presence marks it complete
@@ -52,6 +55,8 @@ class TrainState:
     best_val_acc: float = -1.0
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs since the best validation accuracy, for early stopping
+    step_in_epoch: int = 0  # steps of epoch `epoch + 1` done, in a checkpoint saved inside it
+    partial: Optional[dict] = None  # that epoch's sums so far: loss x n, correct, n; gradient norms; seconds
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,9 @@ def train(cfg: TrainConfig) -> dict:
         if is_main:
             truncate_jsonl(run_dir / "metrics.jsonl", "epoch", state.epoch)
             truncate_jsonl(run_dir / "steps.jsonl", "step", state.step)
-        accelerator.print(f"resumed from {resume_dir} at epoch {state.epoch}, step {state.step}")
+        accelerator.print(f"resumed from {resume_dir} at epoch {state.epoch}, step {state.step}"
+                          + (f" ({state.step_in_epoch} steps into epoch {state.epoch + 1})" if state.step_in_epoch
+                             else ""))
     elif cfg.resume == "auto":
         accelerator.print(f"--resume auto: no complete checkpoint in {run_dir / 'checkpoints'}, starting fresh")
     if trackers:
@@ -230,32 +237,51 @@ def train(cfg: TrainConfig) -> dict:
     for epoch in range(state.epoch, cfg.epochs):
         train_dl.set_epoch(epoch)
         model.train()
-        t0 = time.perf_counter()
-        sums = torch.zeros(3, device=accelerator.device)  # loss x n, correct, n
-        pending = []  # (step, lr, [loss, grad norm] on the device) of the steps not read yet
-        step_log = []  # this epoch's steps, read
+        # A checkpoint saved inside this epoch (a signal, --checkpoint-every-steps) carries its first steps' sums.
+        done, partial = state.step_in_epoch, state.partial or {"sums": None, "grad_norms": [], "seconds": 0.0}
+        t0 = time.perf_counter() - partial["seconds"]
+        sums = torch.tensor(rank_sums(partial["sums"], accelerator), device=accelerator.device)  # loss x n, correct, n
+        pending = []  # (step, lr, [loss, grad norm, stop] on the device) of the steps not read yet
+        step_log = [{"grad_norm": g} for g in partial["grad_norms"]]  # this epoch's steps, read
+        stop = False  # a signal: here (one process), or seen in a read (every rank at the same step)
         bar = Progress(steps_per_epoch, cfg.batch.global_batch_size, f"epoch {epoch + 1}/{cfg.epochs}",
-                       is_main and cfg.log.progress, cfg.log.progress_every_s, accelerator.print)
-        for x, y in train_dl:  # this rank's share of one optimizer step's global batch
+                       is_main and cfg.log.progress, cfg.log.progress_every_s, accelerator.print, done)
+        for x, y in skip_batches(train_dl, done, accelerator):  # this rank's share of one step's global batch
             lr = schedule(state.step)
             for group in optimizer.param_groups:  # set before backward: DeepSpeed steps inside it
                 group["lr"] = lr
             while True:
                 try:
                     step_sums, stats = optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch, cfg,
-                                                      input_dtype)
+                                                      input_dtype, STOP.requested)
                     break
                 except OutOfMemoryError:
                     pass  # shrink after the except block: until it ends, its traceback holds the step's tensors
                 micro_batch = shrink_after_oom(accelerator, model, cfg, micro_batch, zero_stage)
             sums += step_sums
             state.step += 1
+            done += 1
             pending.append((state.step, lr, stats))
             bar.step()
-            if len(pending) == cfg.log.every_steps:
+            # One process stops at the step it is in; several agree at a read, where every rank sees every flag.
+            stop = STOP.requested if world_size == 1 else stop
+            every = cfg.checkpoint_every_steps
+            if len(pending) == cfg.log.every_steps or stop or (every and state.step % every == 0):
                 step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)
+                stop = stop or bar.stop_seen
+            if done < steps_per_epoch and (stop or (every and state.step % every == 0)):
+                state.step_in_epoch = done
+                state.partial = {"sums": accelerator.gather(sums[None]).tolist(),  # each rank's, as they were
+                                 "grad_norms": [row["grad_norm"] for row in step_log],
+                                 "seconds": time.perf_counter() - t0}
+                saved_to = save_checkpoint(accelerator, run_dir, state)
+                if stop:
+                    bar.close()
+                    raise Interrupted(STOP.signum or signal.SIGTERM, saved_to)  # SIGTERM: another rank's
         step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)  # before any checkpoint
+        stop = stop or bar.stop_seen or (world_size == 1 and STOP.requested)
         bar.close()
+        state.step_in_epoch, state.partial = 0, None
         train_time = time.perf_counter() - t0
         loss_sum, correct, count = accelerator.reduce(sums, "sum").tolist()
         norm_mean, norm_max, skipped_steps = grad_norm_stats(step_log)
@@ -283,14 +309,16 @@ def train(cfg: TrainConfig) -> dict:
             state.bad_epochs += 1
         state.epoch = epoch + 1
         # Every rank reduced the same numbers, so every rank takes the same decision here.
-        stop = cfg.early_stop_patience > 0 and state.bad_epochs >= cfg.early_stop_patience
+        early = cfg.early_stop_patience > 0 and state.bad_epochs >= cfg.early_stop_patience
         if is_main:
             append_jsonl(run_dir / "metrics.jsonl", [metrics])
         table.row(metrics, best=improved)
         accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=state.step)
-        if improved or stop or state.epoch == cfg.epochs or state.epoch % cfg.checkpoint_every_epochs == 0:
-            save_checkpoint(accelerator, run_dir, state)
-        if stop:
+        if improved or early or stop or state.epoch == cfg.epochs or state.epoch % cfg.checkpoint_every_epochs == 0:
+            saved_to = save_checkpoint(accelerator, run_dir, state)
+        if stop and state.epoch < cfg.epochs and not early:  # a signal in the epoch's last step or evaluation
+            raise Interrupted(STOP.signum or signal.SIGTERM, saved_to)
+        if early:
             accelerator.print(f"early stopping: no better validation accuracy in {cfg.early_stop_patience} epochs "
                               f"(best {state.best_val_acc:.4f} at epoch {state.best_epoch})")
             stopped_early = True
@@ -355,13 +383,15 @@ def make_accelerator(precision: str, accum: int, world_size: int, trackers=(), r
 
 
 def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: int, cfg: TrainConfig,
-                   input_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                   input_dtype, stop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on this rank's share (x, y) of the global batch, accumulated in micro-batches.
 
     Returns, on the device (nothing here waits for the host): (loss x n, correct, n) summed over the share, and
-    [mean loss, pre-clip gradient norm] over all ranks. A non-finite step is not applied where the optimizer
-    can skip on the device (fused AdamW, outside fp16, whose scaler skips overflows itself); elsewhere (DeepSpeed
-    steps inside backward) it is, and the run stops at the next read, before any checkpoint.
+    [mean loss, pre-clip gradient norm, share of ranks asked to stop] over all ranks (`stop`: this rank got a
+    signal; it rides the all-reduce the step makes anyway, and every rank reads it at the next read). A
+    non-finite step is not applied where the optimizer can skip on the device (fused AdamW, outside fp16, whose
+    scaler skips overflows itself); elsewhere (DeepSpeed steps inside backward) it is, and the run stops at the
+    next read, before any checkpoint.
     """
     chunks = list(zip(x.split(micro_batch), y.split(micro_batch)))
     accelerator.gradient_accumulation_steps = len(chunks)
@@ -382,7 +412,8 @@ def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: in
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm or math.inf)
                 grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
                 # One small all-reduce: every rank holds the same numbers, so every rank reads the same verdict.
-                stats = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")
+                flag = torch.full((), float(stop), device=accelerator.device)  # a kernel argument, no copy
+                stats = accelerator.reduce(torch.stack([step_loss, grad_norm, flag]), "mean")
                 if skip_on_device:  # GradScaler's flag: the fused kernel leaves weights and moments untouched
                     inner.found_inf = (~torch.isfinite(stats).all()).float()
             optimizer.step()  # fp16: the scaler skips a step whose gradients overflowed
@@ -401,7 +432,8 @@ def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: in
         return []
     values = torch.stack([stats for _, _, stats in pending]).tolist()  # the host waits here, once per read
     rows = [{"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr, "grad_norm": norm}
-            for (step, lr, _), (loss, norm) in zip(pending, values)]
+            for (step, lr, _), (loss, norm, _) in zip(pending, values)]
+    bar.stop_seen = bar.stop_seen or any(stop > 0 for _, _, stop in values)  # a signal on some rank
     pending.clear()
     bad = next((row for row in rows if not math.isfinite(row["loss"])
                 or (precision != "fp16" and not math.isfinite(row["grad_norm"]))), None)
@@ -425,6 +457,26 @@ def grad_norm_stats(step_log: list[dict]) -> tuple[float | None, float | None, i
     finite = [row["grad_norm"] for row in step_log if math.isfinite(row["grad_norm"])]
     return (sum(finite) / len(finite) if finite else None, max(finite) if finite else None,
             len(step_log) - len(finite))
+
+
+def rank_sums(saved: list | None, accelerator: Accelerator) -> list[float]:
+    """This rank's (loss x n, correct, n) of its epoch so far, from a checkpoint inside the epoch: its own sums
+    when the process count is the same (so the resumed float32 additions are the uninterrupted run's); after a
+    change of process count, rank 0 takes all of them."""
+    if not saved:
+        return [0.0] * 3
+    if len(saved) == accelerator.num_processes:
+        return saved[accelerator.process_index]
+    return [sum(col) for col in zip(*saved)] if accelerator.is_main_process else [0.0] * 3
+
+
+def skip_batches(train_dl, done: int, accelerator: Accelerator):
+    """This epoch's batches after the first `done` (a resume inside an epoch): the same order, the rest of it."""
+    if not done:
+        return train_dl
+    if isinstance(train_dl, DeviceBatches):
+        return train_dl.from_step(done)
+    return accelerator.skip_first_batches(train_dl, done)
 
 
 def log_steps(trackers, rows: list[dict]) -> None:
@@ -484,12 +536,14 @@ def evaluate(model, loader, augment: BatchAugment, accelerator: Accelerator) -> 
 
 # --- checkpoints: checkpoints/epoch_NNNN/, complete once train_state.json is in it; keep the last and the best
 
-def checkpoint_dir(run_dir: Path, epoch: int) -> Path:
-    return run_dir / "checkpoints" / f"epoch_{epoch:04d}"
+def checkpoint_dir(run_dir: Path, epoch: int, step_in_epoch: int = 0, step: int = 0) -> Path:
+    """epoch_NNNN at the end of epoch NNNN; epoch_NNNN_step_SSSSSSSS inside the next one, at optimizer step S (the
+    names sort in the order the run wrote them)."""
+    return run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + (f"_step_{step:08d}" if step_in_epoch else ""))
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) -> None:
-    out = checkpoint_dir(run_dir, state.epoch)
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) -> Path:
+    out = checkpoint_dir(run_dir, state.epoch, state.step_in_epoch, state.step)
     accelerator.save_state(str(out))
     if accelerator.is_main_process:
         tmp = out / (STATE_FILE + ".tmp")
@@ -500,6 +554,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) 
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return out
 
 
 EARLIER_RUN = ("metrics.jsonl", "steps.jsonl", "results.json", "model.safetensors", "checkpoints", "tensorboard",
@@ -549,6 +604,7 @@ def clear_earlier_run(run_dir: Path, allowed: bool, accelerator: Accelerator) ->
 
 # What a resume may change; anything else in the run's config.json stays as it was.
 RESUME_MAY_CHANGE = ("epochs", "resume", "run_dir", "overwrite", "test_at_end", "checkpoint_every_epochs",
+                     "checkpoint_every_steps", "compile",
                      "data.root", "data.num_workers", "batch.micro_batch_size", "batch.auto", "log.")
 
 
@@ -634,23 +690,25 @@ class Progress:
     the loss and rate of the last read. Otherwise (a file, a pipe, a SLURM log) a plain line at a read when
     `every_s` seconds have passed since the last one, and never a carriage return."""
 
-    def __init__(self, steps: int, batch: int, desc: str, enabled: bool, every_s: float, print_fn):
+    stop_seen = False  # a read found a step in which some rank was asked to stop (read_steps sets it)
+
+    def __init__(self, steps: int, batch: int, desc: str, enabled: bool, every_s: float, print_fn, done: int = 0):
         self.steps, self.batch, self.desc, self.print, self.every_s = steps, batch, desc, print_fn, every_s
-        self.done, self.t0 = 0, time.perf_counter()
+        self.done, self.start, self.t0 = done, done, time.perf_counter()
         self.last_line = self.t0
         self.bar = None
         self.plain = enabled and not sys.stderr.isatty()
         if enabled and not self.plain:
             # A terminal that reports its size as 0 x 0 (a bare pty) would get no bar from tqdm: assume 100 x 24.
             size = shutil.get_terminal_size((100, 24))
-            self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, ncols=size.columns, nrows=size.lines,
-                            file=sys.stderr,
+            self.bar = tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, ncols=size.columns,
+                            nrows=size.lines, file=sys.stderr,
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
     def step(self) -> None:
         self.done += 1
         if self.bar is not None:
-            rate = self.done * self.batch / max(time.perf_counter() - self.t0, 1e-9)
+            rate = (self.done - self.start) * self.batch / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix_str(f"{rate:,.0f} img/s{self.read}", refresh=False)
             self.bar.update(1)
 
@@ -661,9 +719,9 @@ class Progress:
         self.read = f", loss {row['loss']:.4f}, lr {row['lr']:.2e}"
         now = time.perf_counter()
         if self.plain and now - self.last_line >= self.every_s:
-            elapsed = now - self.t0
-            left = elapsed / self.done * (self.steps - self.done)
-            self.print(f"{self.desc} step {self.done}/{self.steps}: {self.done * self.batch / elapsed:,.0f} img/s"
+            elapsed, here = now - self.t0, self.done - self.start
+            left = elapsed / max(here, 1) * (self.steps - self.done)
+            self.print(f"{self.desc} step {self.done}/{self.steps}: {here * self.batch / elapsed:,.0f} img/s"
                        f"{self.read}, {elapsed:.0f} s in, about {left:.0f} s left")
             self.last_line = now
 
@@ -703,8 +761,15 @@ def main(argv: list[str] | None = None) -> int:
     with exit_on_user_error():
         cfg = parse_train_config(argv, prog="vitdist train")
         try:
-            train(cfg)
+            with STOP.installed():
+                train(cfg)
             code = 0
+        except Interrupted as e:
+            launch = ("accelerate launch --num_processes {} -m vitdist.train".format(os.environ["WORLD_SIZE"])
+                      if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "vitdist train")
+            print(f"vitdist: stopped on {e} with a checkpoint in {e.checkpoint}. Continue with: {launch} --run-dir "
+                  f"{cfg.run_dir} --resume auto", file=sys.stderr)
+            code = e.exit_code
         except Diverged as e:
             kept = complete_checkpoints(Path(cfg.run_dir) / "checkpoints")
             where = (f"The last good checkpoint is kept in {kept[-1]}" if kept else
