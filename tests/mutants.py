@@ -169,6 +169,9 @@ MUTANTS = [
            "leave=False, ncols=size.columns,\n                            nrows=size.lines, ",
            "leave=False,\n                            ",  # tqdm's own size query
            ("tests/test_progress.py::test_a_terminal_gets_a_live_bar_and_the_header_first",)),
+    Mutant("slurm-never-requeues", "SLURM preemption resumes by itself", "launch/slurm.sbatch",
+           '    scontrol requeue "$SLURM_JOB_ID"\n', "",
+           ("tests/test_autobatch.py::test_slurm_passes_sigterm_on_and_requeues_a_job_that_resumes",)),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", TRAIN,
            "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",

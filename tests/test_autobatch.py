@@ -8,9 +8,11 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -587,8 +589,14 @@ printf 'GPU 0: NVIDIA H200 (UUID: GPU-a)\\nGPU 1: NVIDIA H200 (UUID: GPU-b)\\nGP
 FAKE_SRUN = """#!/usr/bin/env bash
 while [[ $1 != bash ]]; do shift; done   # srun's own options
 for node in 0 1; do SLURM_NODEID=$node "$@"; done
+if [[ -n ${SRUN_RUNS_FOR:-} ]]; then  # a long run: SIGTERM ends it the way a checkpointing vitdist would
+    sleep "$SRUN_RUNS_FOR" &
+    trap 'kill $!; echo "srun: TERM" >&2; sleep 0.5; exit 143' TERM
+    wait
+fi
 """
 FAKE_SCONTROL = """#!/usr/bin/env bash
+if [[ $1 == requeue ]]; then echo "scontrol $*" >&2; exit 0; fi
 printf 'gpu-node-07\\ngpu-node-08\\n'
 """
 
@@ -659,13 +667,37 @@ def test_slurm_runs_one_accelerate_per_node(fake_bin, tmp_path):
     for node, line in enumerate(runs):
         assert line.startswith(f"accelerate launch --machine_rank {node} --config_file configs/multi_node.yaml")
         for part in ("--num_machines 2", "--num_processes 8", "--main_process_ip gpu-node-07",
-                     "--main_process_port 29734", f"-m vitdist.train --preset base [node {node}]"):
+                     "--main_process_port 29734", f"-m vitdist.train --preset base --resume auto [node {node}]"):
             assert part in line, (part, line)
     assert "+ srun on 2 nodes" in out.stderr and "+ node 1:" in out.stderr
     out = launch("slurm.sbatch", env={**env, "CONFIG": "configs/zero2.yaml"}, cwd=tmp_path)
     assert "--deepspeed_multinode_launcher standard" in out.stdout and "zero2.yaml" in out.stdout
     out = launch("slurm.sbatch", env={**env, "CONFIG": "configs/zero9.yaml"}, cwd=tmp_path)
     assert out.returncode == 2 and "CONFIG=configs/zero9.yaml does not exist" in out.stderr
+
+
+def test_slurm_passes_sigterm_on_and_requeues_a_job_that_resumes(fake_bin, tmp_path):
+    """#SBATCH --signal=B:TERM@120: SLURM signals the batch script before the time limit. It passes SIGTERM on to
+    the run (which checkpoints and stops), then requeues the job; every start carries --resume auto."""
+    header = (REPO / "launch" / "slurm.sbatch").read_text()
+    assert "#SBATCH --signal=B:TERM@120" in header and "#SBATCH --requeue" in header
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_ID": "1234",
+           "SLURM_SUBMIT_DIR": str(REPO), "SRUN_RUNS_FOR": "30"}
+    proc = subprocess.Popen(["bash", str(REPO / "launch" / "slurm.sbatch"), "--preset", "base"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)  # srun is running
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "-m vitdist.train --preset base --resume auto" in out  # the requeued job resumes by itself
+    assert "srun: TERM" in err and "scontrol requeue 1234" in err
+    assert err.index("srun: TERM") < err.index("scontrol requeue")  # after the run stopped, not before
+    # An explicit --resume is left as it is; a run that ends by itself is not requeued.
+    out = launch("slurm.sbatch", "--resume", "runs/x", env={k: v for k, v in env.items() if k != "SRUN_RUNS_FOR"},
+                 cwd=tmp_path)
+    assert out.returncode == 0 and "--resume runs/x [node" in out.stdout and "--resume auto" not in out.stdout
+    assert "requeue" not in out.stderr
 
 
 def find_shellcheck() -> str | None:
