@@ -172,6 +172,9 @@ MUTANTS = [
     Mutant("slurm-never-requeues", "SLURM preemption resumes by itself", "launch/slurm.sbatch",
            '    scontrol requeue "$SLURM_JOB_ID"\n', "",
            ("tests/test_autobatch.py::test_slurm_passes_sigterm_on_and_requeues_a_job_that_resumes",)),
+    Mutant("run-folder-not-checked-across-ranks", "several nodes share one run folder", TRAIN,
+           "    check_shared_run_dir(run_dir, accelerator)\n", "",
+           ("tests/test_interrupts.py::test_ranks_that_see_different_run_folders_stop_with_one_line",)),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", TRAIN,
            "        accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",

@@ -110,3 +110,23 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_step(tmp_path, straight_two
     assert "at epoch 1, step 14 (6 steps into epoch 2)" in proc.stdout
     same_run(straight_two, run)
 
+
+
+def test_ranks_that_see_different_run_folders_stop_with_one_line(tmp_path):
+    """Several nodes must share the run folder. Here rank 1 runs in another folder, so the relative --run-dir is
+    not rank 0's: every rank says so and exits 2 at start, instead of hanging at the first checkpoint."""
+    wrapper = tmp_path / "in_own_folder.py"
+    wrapper.write_text("import os, sys\n"
+                       "folders = sys.argv[1:3]\n"
+                       "os.chdir(folders[int(os.environ['RANK'])])\n"
+                       "from vitdist.train import main\n"
+                       "sys.exit(main(sys.argv[3:]))\n")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    proc = accelerate_launch(wrapper, tmp_path / "a", tmp_path / "b", *TINY_FLAGS, "--run-dir", "run",
+                             num_processes=2, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("vitdist: error: --run-dir run: 1 of 2 processes do not see the folder rank 0 "
+                             "writes in") == 2, proc.stderr[-3000:]
+    assert "(this one does)" in proc.stderr and "(this one does not)" in proc.stderr
+    assert not (tmp_path / "a" / "run").exists()  # left as it was

@@ -118,6 +118,7 @@ def train(cfg: TrainConfig) -> dict:
     is_main = accelerator.is_main_process
     state = TrainState()
     check_run_dir(run_dir, checkpoint_bytes(cfg))  # before any data is read
+    check_shared_run_dir(run_dir, accelerator)
     resume_dir = find_resume(cfg.resume, run_dir)
     if resume_dir is None:
         clear_earlier_run(run_dir, cfg.overwrite or cfg.resume == "auto", accelerator)
@@ -566,6 +567,33 @@ def checkpoint_bytes(cfg: TrainConfig) -> int:
     again as model.safetensors, 1 MB for the rest (RNG states, scaler, JSON)."""
     classes = cfg.model.num_classes or DATASET_CLASSES.get(cfg.data.name, 1000)  # imagefolder: a generous guess
     return 16 * vit_param_counts(cfg.model, classes)[0] + (1 << 20)
+
+
+def check_shared_run_dir(run_dir: Path, accelerator: Accelerator) -> None:
+    """Several processes (several nodes) must all see the folder rank 0 writes in: rank 0 writes a token there,
+    every rank looks for it, and an all-reduce counts who saw it. If one did not (a path local to each machine),
+    every rank stops with one line and exit 2, rather than hanging at the first checkpoint."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast_object_list
+
+    name = broadcast_object_list([f".vitdist-rank0-{os.getpid()}-{time.time_ns()}"])[0]  # rank 0's, everywhere
+    made = not run_dir.exists()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text("written by rank 0 at start; every rank must see it\n")
+    accelerator.wait_for_everyone()
+    seen = (run_dir / name).is_file()
+    count = accelerator.reduce(torch.tensor(float(seen), device=accelerator.device), "sum").item()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (run_dir / name).unlink()
+        if made:
+            run_dir.rmdir()
+    if count < accelerator.num_processes:
+        raise UserError(f"--run-dir {run_dir}: {accelerator.num_processes - round(count)} of "
+                        f"{accelerator.num_processes} processes do not see the folder rank 0 writes in (this one "
+                        f"{'does' if seen else 'does not'}): use a folder on a file system every node shares")
 
 
 def check_run_dir(run_dir: Path, needed: int) -> None:
