@@ -67,13 +67,13 @@ MUTANTS = [
            (f"{T_TRAIN}::test_every_step_follows_warmup_then_cosine",)),
     # 4. 1 process == 2 processes, step by step
     Mutant("loss-not-reduced", "1 vs 2 processes", TRAIN,
-           'stats = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")',
-           "stats = torch.stack([step_loss, grad_norm])",
+           'stats = accelerator.reduce(torch.stack([step_loss, grad_norm, flag]), "mean")',
+           "stats = torch.stack([step_loss, grad_norm, flag])",
            (f"{T_DIST}::test_two_processes_match_one",)),
     # 5. a non-finite loss on one rank stops every rank, exit 1 with the advice
     Mutant("nan-on-one-rank-not-shared", "NaN stop", TRAIN,
-           'stats = accelerator.reduce(torch.stack([step_loss, grad_norm]), "mean")',
-           "stats = torch.stack([step_loss, grad_norm])",
+           'stats = accelerator.reduce(torch.stack([step_loss, grad_norm, flag]), "mean")',
+           "stats = torch.stack([step_loss, grad_norm, flag])",
            (f"{T_DIST}::test_a_nan_on_one_rank_stops_both_with_exit_1_and_advice",)),
     Mutant("diverged-not-caught", "NaN stop", TRAIN,
            "        except Diverged as e:\n", "        except ZeroDivisionError as e:\n",
@@ -85,7 +85,7 @@ MUTANTS = [
             f"{T_DS}::test_a_nan_on_one_rank_stops_both_under_zero2")),
     # issue 9: no host sync inside a step
     Mutant("read-every-step", "no host read inside a step", TRAIN,
-           "            if len(pending) == cfg.log.every_steps:\n", "            if pending:\n",
+           "            if len(pending) == cfg.log.every_steps or stop", "            if pending or stop",
            (f"{T_TRAIN}::test_host_reads_do_not_grow_with_the_steps_of_an_epoch",)),
     Mutant("non-finite-step-applied", "NaN stop (weights kept clean)", TRAIN,
            "    skip_on_device = cfg.precision", "    skip_on_device = False and cfg.precision",
@@ -236,8 +236,8 @@ MUTANTS = [
            ("tests/test_autobatch.py::test_launchers_are_shellcheck_clean",)),
     # 9. untested features
     Mutant("tensorboard-steps-at-epoch-end", "TensorBoard logging", TRAIN,
-           'for k in ("loss", "lr", "grad_norm")}, step=row["step"])',
-           'for k in ("loss", "lr", "grad_norm")}, step=rows[-1]["step"])',  # every row at the read's last step
+           'for k in ("loss", "lr", "grad_norm")}, row["step"]) for row in rows]',
+           'for k in ("loss", "lr", "grad_norm")}, rows[-1]["step"]) for row in rows]',  # all at the read's last step
            ("tests/test_logging.py::test_tensorboard_holds_every_epoch_metric_and_every_step",)),
     Mutant("pos-embed-and-cls-token-decayed", "weight-decay groups", "vitdist/optim.py",
            "(no_decay if p.ndim <= 1 or name in skip else decay)", "(no_decay if p.ndim <= 1 else decay)",
