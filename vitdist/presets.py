@@ -97,7 +97,7 @@ def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> T
     changes what a resume may not."""
     import tyro
 
-    from .train import find_resume, run_record
+    from .train import find_resume, planned_epochs, run_record
 
     cfg = parse_with_preset(TrainConfig, argv, prog, "Train a ViT.")
     args = sys.argv[1:] if argv is None else argv
@@ -107,8 +107,8 @@ def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> T
     if record is None:
         return cfg
     saved, extensions = record
-    base = replace(saved, epochs=extensions[-1]["epochs"]) if extensions else saved
-    return tyro.cli(TrainConfig, default=base, args=args, prog=prog)
+    return tyro.cli(TrainConfig, default=replace(saved, epochs=planned_epochs(saved, extensions)), args=args,
+                    prog=prog)
 
 
 def main(argv: list[str] | None = None) -> int:

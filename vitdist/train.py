@@ -126,7 +126,7 @@ def train(cfg: TrainConfig) -> dict:
     # extend it. `extensions` are config.json's "extended" entries, one per extension.
     record = run_record(resume_dir)
     saved, extensions = record if record is not None else (None, [])
-    planned = extensions[-1]["epochs"] if extensions else saved.epochs if saved else cfg.epochs
+    planned = planned_epochs(saved, extensions) if saved is not None else cfg.epochs
     if saved is not None:
         check_resume(cfg, saved, planned, resume_dir)
 
@@ -267,10 +267,11 @@ def train(cfg: TrainConfig) -> dict:
             # One process stops at the step it is in; several agree at a read, where every rank sees every flag.
             stop = STOP.requested if world_size == 1 else stop
             every = cfg.checkpoint_every_steps
-            if len(pending) == cfg.log.every_steps or stop or (every and state.step % every == 0):
-                step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)
-                stop = stop or bar.stop_seen
-            if done < steps_per_epoch and (stop or (every and state.step % every == 0)):
+            checkpoint_due = every > 0 and state.step % every == 0
+            if len(pending) == cfg.log.every_steps or stop or checkpoint_due:
+                rows, seen = read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)
+                step_log, stop = step_log + rows, stop or seen
+            if done < steps_per_epoch and (stop or checkpoint_due):
                 state.step_in_epoch = done
                 state.partial = {"sums": accelerator.gather(sums[None]).tolist(),  # each rank's, as they were
                                  "grad_norms": [row["grad_norm"] for row in step_log],
@@ -279,8 +280,8 @@ def train(cfg: TrainConfig) -> dict:
                 if stop:
                     bar.close()
                     raise Interrupted(STOP.signum or signal.SIGTERM, saved_to)  # SIGTERM: another rank's
-        step_log += read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)  # before any checkpoint
-        stop = stop or bar.stop_seen or (world_size == 1 and STOP.requested)
+        rows, seen = read_steps(accelerator, run_dir, pending, epoch, cfg.precision, bar)  # before any checkpoint
+        step_log, stop = step_log + rows, stop or seen or (world_size == 1 and STOP.requested)
         bar.close()
         state.step_in_epoch, state.partial = 0, None
         train_time = time.perf_counter() - t0
@@ -425,16 +426,17 @@ def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: in
     return sums, stats
 
 
-def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: int, precision: str, bar) -> list[dict]:
+def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: int, precision: str,
+               bar) -> tuple[list[dict], bool]:
     """Read the pending steps' loss and gradient norm, one wait for the device for all of them; append them to
-    steps.jsonl and the trackers; empty `pending`. At the first non-finite step (the loss, or outside fp16, whose
-    scaler skips overflowed steps itself, the gradient norm) log up to it and raise Diverged, on every rank."""
+    steps.jsonl and the trackers; empty `pending`. Returns the rows, and whether some rank was asked to stop in
+    one of those steps. At the first non-finite step (the loss, or outside fp16, whose scaler skips overflowed
+    steps itself, the gradient norm) log up to it and raise Diverged, on every rank."""
     if not pending:
-        return []
+        return [], False
     values = torch.stack([stats for _, _, stats in pending]).tolist()  # the host waits here, once per read
     rows = [{"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr, "grad_norm": norm}
             for (step, lr, _), (loss, norm, _) in zip(pending, values)]
-    bar.stop_seen = bar.stop_seen or any(stop > 0 for _, _, stop in values)  # a signal on some rank
     pending.clear()
     bad = next((row for row in rows if not math.isfinite(row["loss"])
                 or (precision != "fp16" and not math.isfinite(row["grad_norm"]))), None)
@@ -448,7 +450,7 @@ def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: in
         raise Diverged(f"non-finite {'loss' if not math.isfinite(bad['loss']) else 'gradient norm'} "
                        f"at epoch {epoch + 1}, step {bad['step']} (lr {bad['lr']:.3g})")
     bar.show(rows[-1])
-    return rows
+    return rows, any(stop > 0 for _, _, stop in values)  # a signal on some rank
 
 
 def grad_norm_stats(step_log: list[dict]) -> tuple[float | None, float | None, int]:
@@ -537,14 +539,14 @@ def evaluate(model, loader, augment: BatchAugment, accelerator: Accelerator) -> 
 
 # --- checkpoints: checkpoints/epoch_NNNN/, complete once train_state.json is in it; keep the last and the best
 
-def checkpoint_dir(run_dir: Path, epoch: int, step_in_epoch: int = 0, step: int = 0) -> Path:
+def checkpoint_dir(run_dir: Path, epoch: int, step: int | None = None) -> Path:
     """epoch_NNNN at the end of epoch NNNN; epoch_NNNN_step_SSSSSSSS inside the next one, at optimizer step S (the
     names sort in the order the run wrote them)."""
-    return run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + (f"_step_{step:08d}" if step_in_epoch else ""))
+    return run_dir / "checkpoints" / (f"epoch_{epoch:04d}" + (f"_step_{step:08d}" if step is not None else ""))
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) -> Path:
-    out = checkpoint_dir(run_dir, state.epoch, state.step_in_epoch, state.step)
+    out = checkpoint_dir(run_dir, state.epoch, state.step if state.step_in_epoch else None)
     accelerator.save_state(str(out))
     if accelerator.is_main_process:
         tmp = out / (STATE_FILE + ".tmp")
@@ -646,6 +648,11 @@ def run_record(resume_dir: Path | None) -> tuple[TrainConfig, list[dict]] | None
     return from_dict(d), extensions
 
 
+def planned_epochs(saved: TrainConfig, extensions: list[dict]) -> int:
+    """How long a run is planned to be: its config.json's epochs, or its last extension's."""
+    return extensions[-1]["epochs"] if extensions else saved.epochs
+
+
 def check_resume(cfg: TrainConfig, saved: TrainConfig, planned: int, resume_dir: Path) -> None:
     """One line naming every field the resume would change that a resume may not, before anything is touched."""
     from .presets import as_flag, changed_fields
@@ -718,12 +725,11 @@ class Progress:
     the loss and rate of the last read. Otherwise (a file, a pipe, a SLURM log) a plain line at a read when
     `every_s` seconds have passed since the last one, and never a carriage return."""
 
-    stop_seen = False  # a read found a step in which some rank was asked to stop (read_steps sets it)
-
     def __init__(self, steps: int, batch: int, desc: str, enabled: bool, every_s: float, print_fn, done: int = 0):
         self.steps, self.batch, self.desc, self.print, self.every_s = steps, batch, desc, print_fn, every_s
         self.done, self.start, self.t0 = done, done, time.perf_counter()
         self.last_line = self.t0
+        self.read = ""  # ", loss L, lr R" of the last read
         self.bar = None
         self.plain = enabled and not sys.stderr.isatty()
         if enabled and not self.plain:
@@ -739,8 +745,6 @@ class Progress:
             rate = (self.done - self.start) * self.batch / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix_str(f"{rate:,.0f} img/s{self.read}", refresh=False)
             self.bar.update(1)
-
-    read = ""  # ", loss L, lr R" of the last read
 
     def show(self, row: dict) -> None:
         """After a read: the loss and rate it read."""
