@@ -4,7 +4,8 @@ logits NaN (a loss diverged on that rank alone); "sigkill" kills the process on 
 would (each rank of a launch sits in its own session, so killing the launcher would not reach them), at the
 start of its FAIL_STEP-th optimizer step (the same count with one micro-batch a step; the model's forward is
 left alone, so a --compile run compiles the real one). "sigint", "sigterm" and "sigint-twice" send those
-signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient second Ctrl-C would."""
+signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient second Ctrl-C would. Under an
+elastic launcher (--max_restarts), only the first attempt fails."""
 
 import os
 import signal
@@ -14,7 +15,8 @@ import vitdist.train as train_mod
 
 rank, fail_rank, fail_step = int(os.environ.get("RANK", 0)), os.environ["FAIL_RANK"], int(os.environ["FAIL_STEP"])
 fail_with = os.environ.get("FAIL_WITH", "raise")
-here = fail_rank in ("all", str(rank))
+# Under an elastic launcher (--max_restarts), only the first attempt fails: the restarted group runs clean.
+here = fail_rank in ("all", str(rank)) and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 real_forward = train_mod.VisionTransformer.forward
 real_optimizer_step = train_mod.optimizer_step
 calls = {"n": 0}

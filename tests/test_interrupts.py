@@ -1,6 +1,6 @@
 """Issue 10: interrupts and preemption. Ctrl-C and SIGTERM finish the step, checkpoint it (inside an epoch too),
 say how to continue and exit 130 / 143 without a traceback; the resume ends bit-identical to a run never
-stopped. A second Ctrl-C stops at once. --checkpoint-every-steps."""
+stopped. A second Ctrl-C stops at once. --checkpoint-every-steps. An elastic launcher restarts a killed rank."""
 
 from __future__ import annotations
 
@@ -110,6 +110,20 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_step(tmp_path, straight_two
     assert "at epoch 1, step 14 (6 steps into epoch 2)" in proc.stdout
     same_run(straight_two, run)
 
+
+def test_an_elastic_launch_restarts_a_killed_rank_and_ends_bit_identical(tmp_path, straight_two):
+    """`accelerate launch --max_restarts 2 ... --resume auto`: rank 1 is SIGKILLed as step 13 begins (a lost
+    process, no checkpoint of its own). The launcher restarts both ranks; the new group forms (it would read the
+    dead ranks' addresses without train.join_restarted_group) and continues from step 12's checkpoint."""
+    run = tmp_path / "run"
+    proc = accelerate_launch(str(REPO / "tests" / "fail_on_rank.py"), *FLAGS, "--checkpoint-every-steps", "4",
+                             "--run-dir", run, "--resume", "auto", num_processes=2, extra=["--max_restarts", "2"],
+                             env_extra={"FAIL_RANK": "1", "FAIL_STEP": "13", "FAIL_WITH": "sigkill"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no complete checkpoint" in proc.stdout  # the first attempt starts the folder
+    assert "exitcode: -9" in proc.stderr or "exitcode  : -9" in proc.stderr, proc.stderr[-3000:]
+    assert "at epoch 1, step 12 (4 steps into epoch 2)" in proc.stdout, proc.stdout
+    same_run(straight_two, run)
 
 
 def test_ranks_that_see_different_run_folders_stop_with_one_line(tmp_path):

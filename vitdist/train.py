@@ -364,9 +364,26 @@ def process_device() -> torch.device:
     return torch.device("cuda" if cuda else "cpu")
 
 
+def join_restarted_group() -> None:
+    """After an elastic restart (`accelerate launch --max_restarts N`, torchrun's), join the process group under
+    a key prefix of its own. The launcher keeps one store for every attempt, and its keys with it: through
+    env:// a restarted gloo group reads the dead ranks' addresses from the failed attempt and stops with
+    "connectFullMesh ... Connection refused". The first attempt is left to accelerate as usual."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0 or torch.distributed.is_initialized() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    torch.distributed.init_process_group(
+        "nccl" if process_device().type == "cuda" else "gloo",
+        store=torch.distributed.PrefixStore(f"vitdist/attempt_{attempt}", store),
+        rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
 def make_accelerator(precision: str, accum: int, world_size: int, trackers=(), run_dir: Path | None = None):
     """The Accelerator of one run, at a resolved precision (resolve_precision). train() may run several times in
     one process (sweeps, tests): forget the last run's precision and accumulation, keep the process group."""
+    if world_size > 1:
+        join_restarted_group()
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(
