@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from collections import namedtuple
@@ -84,6 +85,29 @@ def test_skip_corrupt_leaves_them_out_and_lists_them(tmp_path, capsys):
                       data={"name": "imagefolder", "root": str(root), "skip_corrupt": True, "train_eval_size": 8}))
     assert f"skipped 2 unreadable images ({run / 'skipped_images.txt'})" in capsys.readouterr().out
     assert sorted((run / "skipped_images.txt").read_text().splitlines()) == sorted(map(str, bad))
+
+
+def test_sets_decoded_per_batch_report_and_skip_unreadable_images_too(tmp_path):
+    """Sets too large to hold decoded ($VITDIST_IN_MEMORY_GB, 0 here) are decoded by loader workers: the file a
+    worker cannot read is still one line (not the worker's traceback), and --data.skip-corrupt finds such files
+    in one pass at start."""
+    root = image_folder(tmp_path / "data")
+    bad = root / "train" / "dog" / "3.png"
+    bad.write_bytes(b"garbage")
+    run = lambda *flags: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "vitdist", "train", "--data.name", "imagefolder", "--data.root", str(root),
+         "--data.num-workers", "1", "--data.train-eval-size", "8", "--model.embed-dim", "32", "--model.num-layers",
+         "1", "--model.num-heads", "2", "--model.dim-feedforward", "64", "--batch.global-batch-size", "8",
+         "--epochs", "1", "--log.no-tensorboard", *flags],
+        capture_output=True, text=True, cwd=REPO, timeout=120, env={**os.environ, "VITDIST_IN_MEMORY_GB": "0"})
+    proc = run("--run-dir", str(tmp_path / "a"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"vitdist: error: {bad}: not a readable image (cannot identify "
+                                                f"image file '{bad}'): replace or remove it"], proc.stderr[-2000:]
+    proc = run("--run-dir", str(tmp_path / "b"), "--data.skip-corrupt")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipped 1 unreadable images ({tmp_path / 'b' / 'skipped_images.txt'})" in proc.stdout
+    assert (tmp_path / "b" / "skipped_images.txt").read_text().splitlines() == [str(bad)]
 
 
 # --- the run folder, checked before any data is read

@@ -28,7 +28,10 @@ def exit_on_user_error():
     try:
         yield
     except UserError as e:
-        print(f"vitdist: error: {e}", file=sys.stderr)
+        message = str(e)
+        if "\nOriginal Traceback" in message:  # raised in a DataLoader worker, re-raised with its traceback
+            message = message.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]
+        print(f"vitdist: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -22,8 +22,9 @@ from torchvision.transforms import v2
 from .config import DataConfig, UserError
 
 DEFAULT_ROOT = Path(os.environ.get("VITDIST_CACHE", "~/.cache/vitdist")).expanduser()
-# Decoded image tensors up to this size stay in memory; larger ImageFolder sets are decoded per batch.
-IN_MEMORY_MAX_BYTES = 4 << 30
+# Decoded image tensors up to this size (GiB, $VITDIST_IN_MEMORY_GB) stay in memory; larger ImageFolder sets
+# are decoded per batch.
+IN_MEMORY_MAX_BYTES = int(float(os.environ.get("VITDIST_IN_MEMORY_GB", "4")) * 2**30)
 UNREADABLE = -1  # the label FileImages gives a file it cannot decode, when asked to mark rather than raise
 
 
@@ -199,14 +200,19 @@ def _imagefolder(cfg: DataConfig, img_size: int):
         files = FileImages(listing.samples, img_size)
         if len(files) * 3 * img_size * img_size <= IN_MEMORY_MAX_BYTES:
             files = _decode_cached(files, root / split)
-            bad = (files.labels == UNREADABLE).nonzero().flatten().tolist()
-            if bad:
-                names = [listing.samples[i][0] for i in bad]
-                if not cfg.skip_corrupt:
-                    raise UserError(f"{names[0]}: not a readable image ({len(bad)} such in {root / split}): "
-                                    f"replace or remove it, or pass --data.skip-corrupt to train without them")
-                skipped += names
-                files = files.subset((files.labels != UNREADABLE).nonzero().flatten())
+            labels = files.labels
+        elif cfg.skip_corrupt:  # decoded per batch: finding the unreadable ones first costs one pass over the files
+            labels = _decode_labels(files, f"checking {root / split}")
+        else:  # an unreadable file stops the run when a loader worker reaches it
+            labels = files.labels
+        bad = (labels == UNREADABLE).nonzero().flatten().tolist()
+        if bad:
+            names = [listing.samples[i][0] for i in bad]
+            if not cfg.skip_corrupt:
+                raise UserError(f"{names[0]}: not a readable image ({len(bad)} such in {root / split}): "
+                                f"replace or remove it, or pass --data.skip-corrupt to train without them")
+            skipped += names
+            files = files.subset((labels != UNREADABLE).nonzero().flatten())
         splits[split] = files
     return splits["train"], splits["val"], splits["test"], classes, skipped
 
@@ -224,11 +230,7 @@ def _decode_cached(files: FileImages, where: Path) -> TensorImages:
     if cache.exists():
         d = torch.load(cache, weights_only=True)  # tensors only: the default from torch 2.6, explicit for 2.4-2.5
         return TensorImages(d["images"], d["labels"])
-    from tqdm.auto import tqdm
-
-    marking = FileImages(files.samples, files.img_size, mark_unreadable=True)
-    loader = DataLoader(marking, batch_size=512, num_workers=min(4, os.cpu_count() or 1), generator=own_generator())
-    parts = list(tqdm(loader, desc=f"decoding {where}", leave=False, disable=None))
+    parts = list(_decode_all(files, f"decoding {where}"))
     out = TensorImages(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
@@ -238,6 +240,20 @@ def _decode_cached(files: FileImages, where: Path) -> TensorImages:
         if old != cache:
             old.unlink(missing_ok=True)
     return out
+
+
+def _decode_all(files: FileImages, desc: str):
+    """(images, labels) batches of every file in order, decoded by loader workers; an unreadable file is marked
+    UNREADABLE in the labels."""
+    from tqdm.auto import tqdm
+
+    marking = FileImages(files.samples, files.img_size, mark_unreadable=True)
+    loader = DataLoader(marking, batch_size=512, num_workers=min(4, os.cpu_count() or 1), generator=own_generator())
+    return tqdm(loader, desc=desc, leave=False, disable=None)
+
+
+def _decode_labels(files: FileImages, desc: str) -> torch.Tensor:
+    return torch.cat([y for _, y in _decode_all(files, desc)])
 
 
 def _digits(img_size: int, seed: int):
