@@ -15,6 +15,7 @@ import tyro
 from conftest import run_cli
 from vitdist import diagnose as dg
 from vitdist.config import TrainConfig, from_dict, to_dict
+from vitdist.runs import read_run
 from vitdist.presets import parse_train_config
 
 DEMO_RUN = Path(__file__).parent / "data" / "demo_run"  # `vitdist train --preset demo`, 15 epochs, recorded
@@ -261,7 +262,7 @@ def test_flags_are_written_as_people_write_them():
 # --- a recorded real run
 
 def test_recorded_demo_run():
-    run = dg.load_run(DEMO_RUN)
+    run = read_run(DEMO_RUN)
     d = dg.diagnose(run.rows, run.config, run.steps, run.results)
     # 15 epochs of the demo: clean train accuracy 0.805 = val 0.806, loss still falling: not fit yet.
     assert d.verdict == dg.UNDERFITTING
@@ -275,7 +276,7 @@ def test_recorded_demo_run():
 def test_recorded_exploded_run():
     """A real run at lr 3 without clipping: the loss went from 2.3 to 300+ in the first epoch, then fell back to
     33 as the schedule decayed; accuracy stayed at chance, which alone would read as underfitting."""
-    run = dg.load_run(EXPLODED_RUN)
+    run = read_run(EXPLODED_RUN)
     d = dg.diagnose(run.rows, run.config, run.steps, run.results)
     assert d.verdict == dg.DIVERGED and dg.UNDERFITTING in d.findings
     assert d.evidence["loss_start"] == pytest.approx(run.steps[0]["loss"])
@@ -329,7 +330,7 @@ def test_bad_run_folders_exit_2_with_one_line(tmp_path, capsys):
 def test_a_line_still_being_written_is_ignored(demo_copy):
     with open(demo_copy / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 16, "train_lo')
-    assert len(dg.load_run(demo_copy).rows) == 15
+    assert len(read_run(demo_copy).rows) == 15
 
 
 def test_cli_end_to_end_in_a_process(tmp_path, demo_copy):

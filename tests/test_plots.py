@@ -11,7 +11,7 @@ import pytest
 from matplotlib.image import imread
 
 from vitdist import plots
-from vitdist.diagnose import Run, load_run
+from vitdist.runs import Run, read_run
 
 DEMO_RUN = Path(__file__).parent / "data" / "demo_run"
 
@@ -36,10 +36,10 @@ def mixup_run(tmp_path: Path) -> Run:
 
 
 def test_one_run_and_several_overlaid(tmp_path):
-    out = plots.plot_runs([load_run(DEMO_RUN)], tmp_path / "one.png")
+    out = plots.plot_runs([read_run(DEMO_RUN)], tmp_path / "one.png")
     assert out == tmp_path / "one.png"
     one = assert_picture(out)
-    two = assert_picture(plots.plot_runs([load_run(DEMO_RUN), mixup_run(tmp_path)], tmp_path / "sub" / "two.png"))
+    two = assert_picture(plots.plot_runs([read_run(DEMO_RUN), mixup_run(tmp_path)], tmp_path / "sub" / "two.png"))
     assert one.shape != two.shape or not np.array_equal(one, two)
 
 

@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 import tyro
 
-from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
+from .config import DATASET_CLASSES, TrainConfig, to_dict
+from .runs import Run, read_run
 
 # --- thresholds. Accuracies are fractions; "gap" is train accuracy minus validation accuracy at the last epoch.
 
@@ -111,69 +112,6 @@ class Diagnosis:
         out = asdict(self)
         out["advice"] = [a._asdict() for a in self.advice]
         return out
-
-
-# --- reading a run folder
-
-@dataclass
-class Run:
-    dir: Path
-    rows: list[dict]  # metrics.jsonl
-    config: dict | None  # config.json
-    steps: list[dict]  # steps.jsonl ([] when absent)
-    results: dict | None  # results.json (absent while running, or after a crash or a divergence)
-
-    @property
-    def name(self) -> str:
-        return self.dir.resolve().name
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    text = path.read_text()
-    lines = text.splitlines()
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) and not text.endswith("\n"):
-                break  # a line still being written by a live run
-            raise UserError(f"{path} line {i} is not JSON ({e.msg}): pass a run folder written by `vitdist train`")
-        if not isinstance(row, dict):
-            raise UserError(f"{path} line {i} is not a JSON object: pass a run folder written by `vitdist train`")
-        rows.append(row)
-    return rows
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg})")
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """A run folder's logs; a UserError (one line) when it is not one."""
-    folder = Path(run_dir)
-    if not folder.is_dir():
-        raise UserError(f"RUN_DIR {run_dir} is not a folder: pass a run folder written by `vitdist train` "
-                        f"(its --run-dir)")
-    metrics = folder / "metrics.jsonl"
-    steps = read_jsonl(folder / "steps.jsonl") if (folder / "steps.jsonl").is_file() else []
-    rows = read_jsonl(metrics) if metrics.is_file() else []
-    if not rows and _first_nonfinite([], steps) is None:  # a run that diverged in its first epoch is one
-        if not metrics.is_file():
-            raise UserError(f"RUN_DIR {run_dir} has no metrics.jsonl: pass a run folder written by `vitdist train` "
-                            f"(it appears after the first epoch)")
-        raise UserError(f"{metrics} is empty: the run has not finished an epoch yet")
-    for i, row in enumerate(rows, 1):
-        if "epoch" not in row:
-            raise UserError(f"{metrics} row {i} has no 'epoch': pass a metrics file written by `vitdist train`")
-    return Run(folder, rows, _read_json(folder / "config.json"), steps, _read_json(folder / "results.json"))
 
 
 # --- the diagnosis
@@ -561,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         args = tyro.cli(DiagnoseArgs, args=argv, prog="vitdist diagnose",
                         description="Read a run's metrics.jsonl: a verdict (over/underfitting, divergence, ...), "
                                     "the numbers behind it, and the override flags to try next.")
-        run = load_run(args.run_dir)
+        run = read_run(args.run_dir)
         d = diagnose(run.rows, run.config, run.steps, run.results)
         png = None
         if args.plot and run.rows:  # no epoch, no curve

@@ -25,7 +25,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from .config import UserError  # noqa: E402
-from .diagnose import GRAD_NORM_RANGE, Run, load_run  # noqa: E402
+from .diagnose import GRAD_NORM_RANGE  # noqa: E402
+from .runs import Run, read_run  # noqa: E402
 
 COLORS = [f"C{i}" for i in range(10)]  # matplotlib's tab10 cycle: one color per run
 STYLES = {"train": "-", "train clean": ":", "val": "--"}  # one line style per split, the same on every panel
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("vitdist plot needs at least one RUN_DIR (a folder written by `vitdist train`)")
         if args.out is not None and Path(args.out).suffix.lower() != ".png":
             raise UserError(f"--out {args.out} must end in .png")
-        runs = [load_run(d) for d in args.run_dirs]
+        runs = [read_run(d) for d in args.run_dirs]
         out = plot_runs(runs, args.out or runs[0].dir / "curves.png")
         print(f"wrote {out}")
     return 0

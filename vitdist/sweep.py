@@ -155,7 +155,7 @@ def finite(value) -> bool:
 
 def read_trial_log(path: Path) -> list[dict]:
     """A trial's log; a run that died before writing one has none."""
-    from .diagnose import read_jsonl
+    from .runs import read_jsonl
 
     return read_jsonl(path) if path.exists() else []
 

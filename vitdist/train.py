@@ -27,17 +27,17 @@ from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugi
 from tqdm.auto import tqdm
 
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
-from .config import DATASET_CLASSES, TrainConfig, UserError, from_dict, to_dict
+from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
 from .data import BatchAugment, DeviceBatches, TensorImages, eval_loader, load_data, loader_workers, train_loader
 from .flops import mfu, peak_tflops, train_flops_per_image
 from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
 from .optim import FUSED_DEVICES, build_optimizer, scheduled_lr
 from .precision import mixed_precision, resolve_precision, use_tf32
+from .runs import DATA_FILE, STATE_FILE, complete_checkpoints, read_config
 from .stopping import STOP, Interrupted
 
 SKIPPED_FILE = "skipped_images.txt"  # --data.skip-corrupt: the files left out, one path a line
-STATE_FILE = "train_state.json"  # written last into a checkpoint folder: its presence marks it complete
 NAN_ADVICE = ("lower the learning rate 10x (e.g. --optim.lr 1e-4), clip gradients (--optim.max-grad-norm 1.0), "
               "and check that inputs are normalized")
 
@@ -182,6 +182,9 @@ def train(cfg: TrainConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         if saved is None or not (run_dir / "config.json").exists():  # written once, by the run that starts here
             (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+            (run_dir / DATA_FILE).write_text(json.dumps(
+                {"source": data.source, "classes": data.classes, "num_train": derived.num_train,
+                 "num_val": derived.num_val, "num_test": derived.num_test}, indent=2) + "\n")
         if data.skipped:
             (run_dir / SKIPPED_FILE).write_text("".join(f"{path}\n" for path in data.skipped))
     first_epochs = saved.epochs if saved is not None else cfg.epochs
@@ -660,9 +663,7 @@ def run_record(resume_dir: Path | None) -> tuple[TrainConfig, list[dict]] | None
     None for a fresh start or a checkpoint without its run folder."""
     if resume_dir is None or not (path := resume_dir.parent.parent / "config.json").is_file():
         return None
-    d = json.loads(path.read_text())
-    extensions = d.pop("extended", [])
-    return from_dict(d), extensions
+    return read_config(path)
 
 
 def planned_epochs(saved: TrainConfig, extensions: list[dict]) -> int:
@@ -683,10 +684,6 @@ def check_resume(cfg: TrainConfig, saved: TrainConfig, planned: int, resume_dir:
     if cfg.epochs < planned:
         raise UserError(f"--epochs {cfg.epochs}: the run is planned for {planned} epochs, and a resume can only "
                         f"extend it (its schedule is fixed); stop it early instead, or start a new run")
-
-
-def complete_checkpoints(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.glob("epoch_*") if (d / STATE_FILE).is_file())
 
 
 def find_resume(resume: str | None, run_dir: Path) -> Path | None:
