@@ -2,6 +2,7 @@
 
 from .config import TrainConfig
 from .model import VisionTransformer
+from .runs import RunInfo, load_run
 
-__all__ = ["TrainConfig", "VisionTransformer"]
+__all__ = ["RunInfo", "TrainConfig", "VisionTransformer", "load_run"]
 __version__ = "0.1.0"

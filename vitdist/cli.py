@@ -16,6 +16,8 @@ COMMANDS = {
     "diagnose": ("vitdist.diagnose", "read a run's metrics: over/underfitting verdict and the flags to try next"),
     "recommend": ("vitdist.recommend", "the checklist's tables: a starting config for a data set size and GPU"),
     "plot": ("vitdist.plots", "loss, accuracy, learning rate and gradient norm of one or more runs, as a PNG"),
+    "eval": ("vitdist.evaluate", "score a run's saved model on a split: accuracy, top-5, per class, confusion matrix"),
+    "predict": ("vitdist.predict", "classify image files and folders with a run's model: top-k classes per image"),
     "autobatch": ("vitdist.autobatch", "measure the largest micro-batch that fits; plan accumulation"),
 }
 

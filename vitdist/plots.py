@@ -123,6 +123,39 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
     return out
 
 
+def plot_confusion(matrix: list[list[int]], classes: list[str], out: str | Path, title: str) -> Path:
+    """The confusion matrix with each true class's row normalized to 1 (so rare classes read like common ones),
+    class names on both axes; cell values printed up to 20 classes, and the figure grows with the class count so
+    that 100 names stay legible."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    rows = m.sum(1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    n = len(classes)
+    side = min(max(6.0, 0.22 * n + 3), 30.0)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    font = 9 if n <= 20 else max(4, 9 - n // 20)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), classes, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if share[i, j] >= 0.005:
+                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
 def _ema(values: list[float], span: int) -> list[float]:
     alpha, out, acc = 2.0 / (span + 1), [], None
     for v in values:

@@ -194,8 +194,8 @@ def weights_file(run_dir: Path, weights: str) -> tuple[Path, Optional[int]]:
 
 
 def load_run(run_dir: str | Path, weights: str = "best", device="cpu"):
-    """(model, info): a run's ViT with its best (or last) weights, in eval mode on `device`, and a RunInfo with
-    its class names, config and preprocessing. Works on any run folder written by `vitdist train`."""
+    """(model, info): a run's ViT with its best (or last) weights, in eval mode on `device` without gradients,
+    and a RunInfo with its class names, config and preprocessing. Works on any run folder of `vitdist train`."""
     from safetensors.torch import load_file
 
     from .model import VisionTransformer
@@ -209,7 +209,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device="cpu"):
     num_classes = state["head.weight"].shape[0]
     model = VisionTransformer.from_config(cfg.model, num_classes)
     model.load_state_dict(state)
-    model.to(device).eval()
+    model.to(device).eval().requires_grad_(False)  # for inference; requires_grad_(True) to train it further
     classes = run_classes(folder, cfg, num_classes)
     return model, RunInfo(folder, cfg, classes, weights, path, epoch, read_json(folder / "results.json"))
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
 from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
 from .data import BatchAugment, DeviceBatches, TensorImages, eval_loader, load_data, loader_workers, train_loader
+from .evaluate import score_split, write_eval
 from .flops import mfu, peak_tflops, train_flops_per_image
 from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
@@ -334,11 +335,17 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.load_state(str(best_dir))
     results = {"best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc, "epochs_run": state.epoch,
                "steps": state.step, "stopped_early": stopped_early, "num_params": derived.num_params}
-    if test_dl is not None and cfg.test_at_end:
-        results["test_loss"], results["test_acc"] = evaluate(model, test_dl, augment, accelerator)
+    scores = None
+    if test_dl is not None and cfg.test_at_end:  # with top-5, per-class accuracy and the confusion matrix
+        scores = score_split(model, test_dl, augment.normalize, accelerator, data.num_classes)
+        results["test_loss"], results["test_acc"] = scores["loss"], scores["accuracy"]
     accelerator.save_model(model, str(run_dir))  # run_dir/model.safetensors: the best weights, unwrapped
     if is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if scores is not None:  # what `vitdist eval RUN` would write
+            write_eval(run_dir, "test", "best", scores, data.classes,
+                       {"run_dir": str(run_dir), "weights_file": str(run_dir / "model.safetensors"),
+                        "epoch": state.best_epoch, "data": data.source, "precision": cfg.precision})
         accelerator.print("best: epoch {best_epoch}, val acc {best_val_acc:.4f}".format(**results)
                           + (f"; test acc {results['test_acc']:.4f}" if "test_acc" in results else "")
                           + f" -> {run_dir}")
@@ -581,7 +588,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) 
 
 
 EARLIER_RUN = ("metrics.jsonl", "steps.jsonl", "results.json", "model.safetensors", "checkpoints", "tensorboard",
-               SKIPPED_FILE)
+               SKIPPED_FILE, "eval-test.json", "confusion-test.png")
 
 
 def checkpoint_bytes(cfg: TrainConfig) -> int:

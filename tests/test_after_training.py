@@ -1,0 +1,171 @@
+"""Issue 11: after training. `vitdist eval` scores a saved model as the run did (and counts every sample once
+across processes); `vitdist predict` preprocesses files exactly as the run's evaluation and keeps every input;
+`vitdist.load_run` gives the model back in Python; `vitdist train` leaves the test split's eval files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import vitdist
+from conftest import REPO, run_cli, tiny_config
+from test_distributed import TINY_FLAGS, accelerate_launch
+from test_faults import image_folder
+from vitdist import evaluate, predict
+from vitdist.config import DataConfig
+from vitdist.data import load_data
+from vitdist.train import train
+
+CLASSES = ("ant", "bee", "cat")
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """2 epochs of a tiny ViT on a 3-class ImageFolder with train/val/test (odd-sized images, resized to 16)."""
+    tmp = tmp_path_factory.mktemp("after")
+    root = image_folder(tmp / "data", CLASSES, (("train", 20), ("val", 5), ("test", 7)), size=21)
+    run = tmp / "run"
+    train(tiny_config(run, epochs=2, batch={"global_batch_size": 12}, model={"img_size": 16, "patch_size": 4},
+                      data={"name": "imagefolder", "root": str(root), "train_eval_size": 8}))
+    return run, root
+
+
+def test_train_leaves_the_test_splits_eval_files(folder_run):
+    run, _ = folder_run
+    results = json.loads((run / "results.json").read_text())
+    scores = json.loads((run / "eval-test.json").read_text())
+    assert scores["accuracy"] == results["test_acc"] and scores["loss"] == results["test_loss"]
+    assert scores["classes"] == list(CLASSES) and scores["num_samples"] == 3 * 7
+    assert scores["per_class_count"] == [7, 7, 7] and sum(map(sum, scores["confusion"])) == 21
+    assert scores["top5_accuracy"] is None  # 3 classes: top-5 says nothing
+    diagonal = sum(scores["confusion"][c][c] for c in range(3))
+    assert diagonal / 21 == scores["accuracy"]
+    assert (run / "confusion-test.png").stat().st_size > 10_000
+    assert json.loads((run / "data.json").read_text())["classes"] == list(CLASSES)
+
+
+def test_eval_reproduces_the_runs_numbers_on_each_split(folder_run, tmp_path):
+    run, _ = folder_run
+    before = json.loads((run / "eval-test.json").read_text())
+    assert evaluate.main([str(run)]) == 0  # default split: test
+    again = json.loads((run / "eval-test.json").read_text())
+    assert {k: again[k] for k in ("accuracy", "confusion", "per_class_accuracy")} == \
+        {k: before[k] for k in ("accuracy", "confusion", "per_class_accuracy")}
+    assert abs(again["loss"] - before["loss"]) < 1e-6
+    best = max((json.loads(r) for r in open(run / "metrics.jsonl")), key=lambda r: r["val_acc"])
+    evaluate.main([str(run), "--split", "val", "--no-plot"])
+    val = json.loads((run / "eval-val.json").read_text())
+    assert val["accuracy"] == best["val_acc"] and val["epoch"] == best["epoch"]
+    assert abs(val["loss"] - best["val_loss"]) < 1e-5
+    evaluate.main([str(run), "--split", "train", "--weights", "last", "--no-plot"])
+    assert json.loads((run / "eval-train-last.json").read_text())["num_samples"] == 3 * 20
+
+
+def test_eval_with_data_flags_overrides_the_runs_own(folder_run, tmp_path):
+    """--data.root where the data moved: the run's other data settings hold."""
+    run, root = folder_run
+    moved = shutil.copytree(root, tmp_path / "moved")
+    evaluate.main([str(run), "--data.root", str(moved), "--no-plot"])
+    assert json.loads((run / "eval-test.json").read_text())["accuracy"] == \
+        json.loads((run / "results.json").read_text())["test_acc"]
+
+
+def test_eval_on_two_processes_counts_every_sample_once(tmp_path):
+    """33 validation images split over 2 gloo processes (17 + 16, accelerate pads one): the same matrix as one
+    process, summing to 33."""
+    run = tmp_path / "run"
+    proc = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--data.synthetic-size", "330",
+                             "--data.val-fraction", "0.1", "--epochs", "1", "--run-dir", run, num_processes=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one = accelerate_launch("-m", "vitdist.evaluate", run, "--split", "val", "--no-plot", num_processes=1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    single = json.loads((run / "eval-val.json").read_text())
+    two = accelerate_launch("-m", "vitdist.evaluate", run, "--split", "val", "--batch-size", "5", "--no-plot",
+                            num_processes=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    double = json.loads((run / "eval-val.json").read_text())
+    assert single["num_samples"] == double["num_samples"] == 33
+    assert double["confusion"] == single["confusion"] and double["accuracy"] == single["accuracy"]
+    assert abs(double["loss"] - single["loss"]) < 1e-6
+    assert two.stdout.count("val: 33 images") == 1  # printed by rank 0 alone
+
+
+def test_predict_preprocesses_as_the_run_evaluated(folder_run, tmp_path):
+    """The test split's files through predict give the probabilities the model gives the run's own decoded
+    test tensors; rows follow input order."""
+    run, root = folder_run
+    model, info = vitdist.load_run(run)
+    assert info.classes == list(CLASSES) and info.weights == "best" and info.epoch is not None
+    data = load_data(DataConfig(name="imagefolder", root=str(root), train_eval_size=8), 16, 0)
+    with torch.no_grad():
+        expected = model(info.normalize(data.test.images)).softmax(-1)
+    files = sorted((root / "test").rglob("*.png"))  # ImageFolder's order: class folders, then names
+    out = tmp_path / "p.jsonl"
+    rows = predict.predict(predict.PredictArgs(str(run), (str(root / "test"),), top_k=3, out=str(out)))
+    assert [r["path"] for r in rows] == [str(f) for f in files]
+    assert [json.loads(line) for line in open(out)] == rows
+    for r, p in zip(rows, expected):
+        top_p, top_c = p.topk(3)
+        assert r["classes"] == [CLASSES[c] for c in top_c.tolist()]
+        assert max(abs(a - b) for a, b in zip(r["probs"], top_p.tolist())) < 1e-5
+
+
+def test_predict_takes_any_image_keeps_order_and_reports_the_unreadable(folder_run, tmp_path, capsys):
+    run, _ = folder_run
+    Image.new("L", (50, 40), 128).save(tmp_path / "grey.png")
+    Image.new("RGBA", (8, 8), (255, 0, 0, 100)).save(tmp_path / "rgba.png")
+    Image.new("P", (20, 20)).save(tmp_path / "palette.gif")
+    Image.new("RGB", (300, 200), (0, 90, 200)).save(tmp_path / "big.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    order = ["rgba.png", "broken.jpg", "big.jpg", "grey.png", "palette.gif"]
+    out = tmp_path / "p.csv"
+    predict.main([str(run), *(str(tmp_path / n) for n in order), "--top-k", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(open(out)))
+    assert [r["path"] for r in rows] == [str(tmp_path / n) for n in order]
+    assert rows[1]["error"] and not rows[1]["class_1"]
+    assert all(r["class_1"] in CLASSES and 0 < float(r["prob_1"]) <= 1 and not r["error"]
+               for i, r in enumerate(rows) if i != 1)
+    assert captured.err.count("vitdist: skipped") == 1 and str(tmp_path / "broken.jpg") in captured.err
+    assert "predicted 4 images" in captured.out and "skipped 1 unreadable" in captured.out
+
+
+def test_bad_input_is_one_line_and_exit_2(folder_run, tmp_path):
+    run, _ = folder_run
+    (tmp_path / "empty").mkdir()
+    stripped = tmp_path / "stripped"
+    shutil.copytree(run, stripped, ignore=shutil.ignore_patterns("model.safetensors", "checkpoints"))
+    cases = [(["eval", tmp_path / "empty"], "has no config.json"),
+             (["eval", stripped], "no model.safetensors and no complete checkpoint"),
+             (["eval", run, "--data.root", tmp_path / "empty"], "vitdist: error:"),
+             (["predict", tmp_path / "empty", tmp_path], "has no config.json"),
+             (["predict", run, tmp_path / "missing.png"], "no such file or folder"),
+             (["predict", run, tmp_path / "empty"], "no image files in")]
+    for args, message in cases:
+        proc = run_cli(*args, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, (args, proc.stderr)
+
+
+def test_eval_refuses_data_with_other_classes(folder_run, tmp_path):
+    run, _ = folder_run
+    other = image_folder(tmp_path / "other", ("ant", "bee", "dog"), (("train", 4), ("val", 2), ("test", 2)))
+    proc = run_cli("eval", run, "--data.root", other, timeout=120)
+    assert proc.returncode == 2 and "are not the run's (ant, bee, cat)" in proc.stderr, proc.stderr
+
+
+def test_the_readme_loading_example_runs(folder_run, tmp_path):
+    """README's five lines, on this run."""
+    run, root = folder_run
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\nimport vitdist")
+    example = text[start + len("```python\n"):text.index("```", start + 10)]
+    image = next((root / "test" / "cat").glob("*.png"))
+    namespace = {}
+    exec(example.replace('"runs/latest"', repr(str(run))).replace('"cat.png"', repr(str(image))), namespace)
+    assert namespace["info"].classes[int(namespace["probs"].argmax())] in CLASSES

@@ -1,0 +1,171 @@
+"""`vitdist eval RUN`: a saved model scored on a split of its data, with what a single number hides.
+
+    vitdist eval runs/latest                     # the run's test split (its validation split if it has none)
+    vitdist eval runs/latest --split val --weights last
+    accelerate launch --num_processes 2 -m vitdist.evaluate runs/latest
+
+Writes RUN/eval-<split>.json (loss, accuracy, top-5 accuracy, per-class accuracy, the confusion matrix) and
+RUN/confusion-<split>.png. `vitdist train` writes the same two files for the test split of its best epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+from .config import DataConfig, UserError
+from .runs import load_run, run_config
+
+TOP_K = 5  # top-5 accuracy, reported from 10 classes up (below that it is near 1 by construction)
+
+
+def score_split(model, loader, normalize, accelerator, num_classes: int) -> dict:
+    """Loss (plain cross-entropy), accuracy, top-5 accuracy, per-class accuracy and the confusion matrix
+    (rows: true class, columns: predicted) over a whole split, every sample counted once across all ranks."""
+    was_training = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    k = min(TOP_K, num_classes)
+    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # loss, top-1 hits, top-k hits
+    confusion = torch.zeros(num_classes * num_classes, device=accelerator.device, dtype=torch.int64)
+    with torch.no_grad():
+        for x, y in loader:
+            logits = model(normalize(x).to(dtype)).float()
+            loss = F.cross_entropy(logits, y, reduction="none")
+            top = logits.topk(k, dim=-1).indices  # (B, k), best first
+            # gather_for_metrics drops the samples accelerate repeated to even out the ranks' shards.
+            loss, top, y = accelerator.gather_for_metrics((loss, top, y))
+            sums[0] += loss.double().sum()
+            sums[1] += (top[:, 0] == y).sum()
+            sums[2] += (top == y[:, None]).any(-1).sum()
+            confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes * num_classes)
+    model.train(was_training)
+    matrix = confusion.view(num_classes, num_classes).tolist()
+    per_class = [sum(row) for row in matrix]
+    count = sum(per_class)
+    loss_sum, hits, top_hits = sums.tolist()
+    return {"num_samples": count, "loss": loss_sum / count, "accuracy": hits / count,
+            "top5_accuracy": top_hits / count if num_classes >= 10 else None,
+            "per_class_accuracy": [matrix[c][c] / n if n else None for c, n in enumerate(per_class)],
+            "per_class_count": per_class, "confusion": matrix}
+
+
+def eval_names(split: str, weights: str) -> tuple[str, str]:
+    """The file names of a split's scores and confusion picture; the best weights' go without a suffix."""
+    suffix = "" if weights == "best" else f"-{weights}"
+    return f"eval-{split}{suffix}.json", f"confusion-{split}{suffix}.png"
+
+
+def write_eval(run_dir: Path, split: str, weights: str, scores: dict, classes: list[str], about: dict,
+               plot: bool = True) -> tuple[Path, Optional[Path]]:
+    """RUN/eval-<split>.json and, with `plot`, RUN/confusion-<split>.png."""
+    from .plots import plot_confusion
+
+    json_name, png_name = eval_names(split, weights)
+    record = {"split": split, "weights": weights, **about, "classes": classes, **scores}
+    # One key a line, and the matrix one row a line: readable at 100 classes, where indent=2 gives 10,000 lines.
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items() if k != "confusion"]
+    lines.append('  "confusion": [\n' + ",\n".join(f"    {json.dumps(row)}" for row in scores["confusion"]) + "\n  ]")
+    (run_dir / json_name).write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    png = None
+    if plot:
+        png = plot_confusion(scores["confusion"], classes, run_dir / png_name,
+                             f"{run_dir.resolve().name}: {split}, {weights} weights, accuracy "
+                             f"{scores['accuracy']:.4f} ({scores['num_samples']:,} images)")
+    return run_dir / json_name, png
+
+
+def summary(split: str, scores: dict, classes: list[str]) -> str:
+    """Two lines: the split's numbers, then its weakest and strongest classes."""
+    top5 = f", top-5 {scores['top5_accuracy']:.4f}" if scores["top5_accuracy"] is not None else ""
+    ranked = sorted((a, c) for a, c in zip(scores["per_class_accuracy"], classes) if a is not None)
+    shown = min(3, len(ranked) // 2) or 1
+    worst = ", ".join(f"{c} {a:.3f}" for a, c in ranked[:shown])
+    best = ", ".join(f"{c} {a:.3f}" for a, c in reversed(ranked[-shown:]))
+    return (f"{split}: {scores['num_samples']:,} images, loss {scores['loss']:.4f}, accuracy "
+            f"{scores['accuracy']:.4f}{top5}\n  weakest classes: {worst}; strongest: {best}")
+
+
+@dataclass
+class EvalArgs:
+    run_dir: tyro.conf.Positional[str]
+    """A run folder written by `vitdist train`."""
+    split: Optional[Literal["test", "val", "train"]] = None
+    """The split to score, as the run built it (the same seeded validation hold-out and subsets). Default: the
+    test split where the run's data has one, else val."""
+    weights: Literal["best", "last"] = "best"
+    """best: the run's exported model.safetensors (its best epoch; while it runs, the best so far); last: its
+    newest checkpoint."""
+    data: DataConfig = DataConfig()
+    """The run's data settings; any --data.* flag overrides one (say, --data.root where the data moved)."""
+    batch_size: int = 1024
+    """Images per forward, per process."""
+    precision: Optional[Literal["no", "bf16", "fp16", "tf32"]] = None
+    """Default: the run's own precision where this device runs it, else fp32 (`no`)."""
+    plot: bool = True
+    """Write RUN/confusion-<split>.png."""
+
+
+def evaluate_run(args: EvalArgs) -> dict:
+    from .data import eval_loader, load_data, loader_workers
+    from .precision import resolve_precision
+    from .train import make_accelerator, process_device
+
+    run_dir = Path(args.run_dir)
+    model, info = load_run(run_dir, args.weights)
+    device = process_device()
+    precision = args.precision or info.config.precision
+    if args.precision is None and precision in ("fp16", "tf32", "bf16") and device.type != "cuda":
+        precision = "no"  # a GPU run scored on a CPU: fp32, what the CPU runs well
+    precision = resolve_precision(precision, device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = make_accelerator(precision, 1, world_size)
+    data = load_data(args.data, info.img_size, info.config.seed)
+    if data.classes != info.classes:
+        raise UserError(f"--data: its classes ({', '.join(data.classes[:5])}{' ...' * (len(data.classes) > 5)}) "
+                        f"are not the run's ({', '.join(info.classes[:5])}{' ...' * (len(info.classes) > 5)}): "
+                        f"point --data.root at the data the run was trained on")
+    split = args.split or ("test" if data.test is not None else "val")
+    ds = {"train": data.train, "val": data.val, "test": data.test}[split]
+    if ds is None:
+        raise UserError(f"--split test: the run's data ({data.source}) has no test split: use --split val")
+    loader = accelerator.prepare(eval_loader(ds, args.batch_size, loader_workers(ds, args.data.num_workers),
+                                             device.type == "cuda"))
+    model = accelerator.prepare(model)
+    scores = score_split(model, loader, info.normalize, accelerator, len(info.classes))
+    about = {"run_dir": str(run_dir), "weights_file": str(info.weights_file), "epoch": info.epoch,
+             "data": data.source, "precision": precision}
+    if accelerator.is_main_process:
+        json_path, png = write_eval(run_dir, split, args.weights, scores, info.classes, about, args.plot)
+        print(summary(split, scores, info.classes))
+        print(f"-> {json_path}" + (f", {png}" if png else ""))
+    accelerator.wait_for_everyone()
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import exit_on_user_error
+
+    argv = sys.argv[1:] if argv is None else argv
+    description = ("Score a run's saved model on a split of its data: loss, accuracy, top-5, per-class accuracy "
+                   "and the confusion matrix, into RUN/eval-<split>.json and RUN/confusion-<split>.png.")
+    with exit_on_user_error():
+        args = tyro.cli(EvalArgs, args=argv, prog="vitdist eval", description=description)
+        # Again, on the run's own data settings: the flags given override those, not the defaults.
+        saved = run_config(args.run_dir)
+        args = tyro.cli(EvalArgs, args=argv, prog="vitdist eval", description=description,
+                        default=replace(EvalArgs(run_dir=args.run_dir), data=saved.data))
+        evaluate_run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
