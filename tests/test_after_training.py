@@ -169,3 +169,34 @@ def test_the_readme_loading_example_runs(folder_run, tmp_path):
     namespace = {}
     exec(example.replace('"runs/latest"', repr(str(run))).replace('"cat.png"', repr(str(image))), namespace)
     assert namespace["info"].classes[int(namespace["probs"].argmax())] in CLASSES
+
+
+def test_wandb_gets_the_confusion_matrix_per_class_accuracy_and_the_model(tmp_path, monkeypatch):
+    """Offline: what the run folder's wandb log and media hold match eval-test.json, and the best weights are a
+    model artifact."""
+    import glob
+
+    from wandb_offline import records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    train(tiny_config(run, epochs=1, data={"name": "digits"}, log={"wandb": True}))
+    scores = json.loads((run / "eval-test.json").read_text())
+    (offline,) = glob.glob(str(run / "wandb" / "offline-run-*"))
+
+    def media(name):
+        (table,) = glob.glob(f"{offline}/files/media/table/test/{name}_*.json")
+        return json.loads(open(table).read())
+
+    per_class = media("per_class_accuracy")
+    assert per_class["columns"] == ["class", "accuracy", "images"]
+    assert per_class["data"] == [[c, a, n] for c, a, n in zip(scores["classes"], scores["per_class_accuracy"],
+                                                            scores["per_class_count"])]
+    cells = media("confusion_matrix_table")["data"]  # (actual, predicted, count), row by row
+    assert [[int(n) for _, _, n in cells[i * 10:(i + 1) * 10]] for i in range(10)] == scores["confusion"]
+    (path,) = glob.glob(f"{offline}/run-*.wandb")
+    models = [r.artifact for r in records(path)
+              if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    assert len(models) == 1 and "best" in models[0].aliases
+    assert [c.path for c in models[0].manifest.contents] == ["model.safetensors"]
+    assert json.loads(models[0].metadata)["epoch"] == json.loads((run / "results.json").read_text())["best_epoch"]

@@ -83,6 +83,26 @@ def write_eval(run_dir: Path, split: str, weights: str, scores: dict, classes: l
     return run_dir / json_name, png
 
 
+def log_to_wandb(run, split: str, scores: dict, classes: list[str], weights: Path, about: dict, step: int) -> None:
+    """A split's confusion matrix and per-class accuracy in wandb's own types, and the weights as a model
+    artifact (offline, both wait in the run folder for `wandb sync`)."""
+    import wandb
+
+    matrix = scores["confusion"]
+    y_true = [i for i, row in enumerate(matrix) for j, n in enumerate(row) for _ in range(n)]
+    preds = [j for row in matrix for j, n in enumerate(row) for _ in range(n)]
+    table = wandb.Table(columns=["class", "accuracy", "images"],
+                        data=[[c, a, n] for c, a, n in zip(classes, scores["per_class_accuracy"],
+                                                           scores["per_class_count"])])
+    run.log({f"{split}/confusion_matrix": wandb.plot.confusion_matrix(y_true=y_true, preds=preds,
+                                                                     class_names=classes),
+             f"{split}/per_class_accuracy": table}, step=step)
+    artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={**about, "classes": classes,
+                                                                         f"{split}_accuracy": scores["accuracy"]})
+    artifact.add_file(str(weights))
+    run.log_artifact(artifact, aliases=["best"])
+
+
 def summary(split: str, scores: dict, classes: list[str]) -> str:
     """Two lines: the split's numbers, then its weakest and strongest classes."""
     top5 = f", top-5 {scores['top5_accuracy']:.4f}" if scores["top5_accuracy"] is not None else ""

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
 from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
 from .data import BatchAugment, DeviceBatches, TensorImages, eval_loader, load_data, loader_workers, train_loader
-from .evaluate import score_split, write_eval
+from .evaluate import log_to_wandb, score_split, write_eval
 from .flops import mfu, peak_tflops, train_flops_per_image
 from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
@@ -342,10 +342,13 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.save_model(model, str(run_dir))  # run_dir/model.safetensors: the best weights, unwrapped
     if is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        about = {"run_dir": str(run_dir), "weights_file": str(run_dir / "model.safetensors"),
+                 "epoch": state.best_epoch, "data": data.source, "precision": cfg.precision}
         if scores is not None:  # what `vitdist eval RUN` would write
-            write_eval(run_dir, "test", "best", scores, data.classes,
-                       {"run_dir": str(run_dir), "weights_file": str(run_dir / "model.safetensors"),
-                        "epoch": state.best_epoch, "data": data.source, "precision": cfg.precision})
+            write_eval(run_dir, "test", "best", scores, data.classes, about)
+            if cfg.log.wandb:
+                log_to_wandb(accelerator.get_tracker("wandb", unwrap=True), "test", scores, data.classes,
+                             run_dir / "model.safetensors", about, state.step)
         accelerator.print("best: epoch {best_epoch}, val acc {best_val_acc:.4f}".format(**results)
                           + (f"; test acc {results['test_acc']:.4f}" if "test_acc" in results else "")
                           + f" -> {run_dir}")
