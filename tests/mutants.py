@@ -181,7 +181,7 @@ MUTANTS = [
     Mutant("run-folder-not-checked-across-ranks", "several nodes share one run folder", TRAIN,
            "    check_shared_run_dir(run_dir, accelerator)\n", "",
            ("tests/test_interrupts.py::test_ranks_that_see_different_run_folders_stop_with_one_line",)),
-    Mutant("elastic-restart-reads-stale-keys", "elastic restarts continue the run", TRAIN,
+    Mutant("elastic-restart-reads-stale-keys", "elastic restarts continue the run", "vitdist/processes.py",
            "    if world_size > 1:\n        join_restarted_group()\n", "",
            ("tests/test_interrupts.py::test_an_elastic_launch_restarts_a_killed_rank_and_ends_bit_identical",)),
     # 6. every rank's RNG is restored on resume

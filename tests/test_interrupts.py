@@ -114,7 +114,7 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_step(tmp_path, straight_two
 def test_an_elastic_launch_restarts_a_killed_rank_and_ends_bit_identical(tmp_path, straight_two):
     """`accelerate launch --max_restarts 2 ... --resume auto`: rank 1 is SIGKILLed as step 13 begins (a lost
     process, no checkpoint of its own). The launcher restarts both ranks; the new group forms (it would read the
-    dead ranks' addresses without train.join_restarted_group) and continues from step 12's checkpoint."""
+    dead ranks' addresses without processes.join_restarted_group) and continues from step 12's checkpoint."""
     run = tmp_path / "run"
     proc = accelerate_launch(str(REPO / "tests" / "fail_on_rank.py"), *FLAGS, "--checkpoint-every-steps", "4",
                              "--run-dir", run, "--resume", "auto", num_processes=2, extra=["--max_restarts", "2"],

@@ -28,10 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from .config import OptimConfig, TrainConfig
+from .config import GRAD_NORM_RANGE, OptimConfig, TrainConfig
 
 # The checklist's numbers (CHECKLIST.md, "Before any training").
-GRAD_NORM_RANGE = (0.1, 10.0)  # a reasonable total gradient norm at the first step
 OVERFIT_SAMPLES = 32
 OVERFIT_LR = 5e-3
 OVERFIT_MAX_STEPS = 200

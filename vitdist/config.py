@@ -81,6 +81,8 @@ def _divisor_hint(n: int) -> str:
 DataName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
 # Classes of each source that has a fixed count (an ImageFolder's is its number of class folders).
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
+# The checklist's gradient check: a total gradient norm from 0.1 to 10 is reasonable (check, diagnose, plots).
+GRAD_NORM_RANGE = (0.1, 10.0)
 
 
 @dataclass(frozen=True)

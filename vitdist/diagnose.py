@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import tyro
 
-from .config import DATASET_CLASSES, TrainConfig, to_dict
+from .config import DATASET_CLASSES, GRAD_NORM_RANGE, TrainConfig, to_dict
 from .runs import Run, read_run
 
 # --- thresholds. Accuracies are fractions; "gap" is train accuracy minus validation accuracy at the last epoch.
@@ -52,8 +52,6 @@ VAL_RISE = 0.15
 VAL_RISE_MIN_EPOCHS = 3
 # "Still learning": the training loss fell by more than this fraction over the last 3 epochs.
 STILL_FALLING = 0.02
-# The checklist's gradient check: a total gradient norm from 0.1 to 10 is reasonable.
-GRAD_NORM_RANGE = (0.1, 10.0)
 
 # --- the steps the advice moves along (the checklist's own values)
 LR_LADDER = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)  # step 1's sweep; oscillating: one down; stalled: one up (1e-3 -> 5e-3)

@@ -137,7 +137,7 @@ class EvalArgs:
 def evaluate_run(args: EvalArgs) -> dict:
     from .data import eval_loader, load_data, loader_workers
     from .precision import resolve_precision
-    from .train import make_accelerator, process_device
+    from .processes import make_accelerator, process_device
 
     run_dir = Path(args.run_dir)
     model, info = load_run(run_dir, args.weights)

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import tyro
 
 from .config import TrainConfig, UserError
-from .sweep import is_main, read_trial_log, say, train_trial
+from .trials import is_main, read_trial_log, say, train_trial
 
 
 @dataclass(frozen=True)

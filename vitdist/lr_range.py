@@ -17,7 +17,7 @@ import tyro
 
 from .config import TrainConfig, UserError
 from .plots import plot_range
-from .sweep import finite, is_main, smooth
+from .trials import finite, is_main, smooth
 
 RANGE_SMOOTH_SPAN = 0.05
 """The range test smooths its loss over a window of this share of --num-steps (at least 3 steps), so the window
@@ -57,7 +57,8 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
     from .model import VisionTransformer
     from .optim import build_optimizer
     from .precision import resolve_precision
-    from .train import batch_plan, make_accelerator, optimizer_step, process_device
+    from .processes import make_accelerator, process_device
+    from .train import batch_plan, optimizer_step
 
     if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
         raise UserError(f"--start-lr and --end-lr must satisfy 0 < start < end, got {start_lr:g} and {end_lr:g}")

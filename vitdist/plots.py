@@ -24,8 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from .config import UserError  # noqa: E402
-from .diagnose import GRAD_NORM_RANGE  # noqa: E402
+from .config import GRAD_NORM_RANGE, UserError  # noqa: E402
 from .runs import Run, read_run  # noqa: E402
 
 COLORS = [f"C{i}" for i in range(10)]  # matplotlib's tab10 cycle: one color per run

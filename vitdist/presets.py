@@ -97,7 +97,7 @@ def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> T
     changes what a resume may not."""
     import tyro
 
-    from .train import find_resume, planned_epochs, run_record
+    from .runs import find_resume, planned_epochs, run_record
 
     cfg = parse_with_preset(TrainConfig, argv, prog, "Train a ViT.")
     args = sys.argv[1:] if argv is None else argv

@@ -98,6 +98,36 @@ def read_config(config_json: Path) -> tuple[TrainConfig, list[dict]]:
     return from_dict(d), extensions
 
 
+def run_record(resume_dir: Path | None) -> tuple[TrainConfig, list[dict]] | None:
+    """(config, extensions) from the config.json of the run a checkpoint belongs to (RUN/checkpoints/epoch_N);
+    None for a fresh start or a checkpoint without its run folder."""
+    if resume_dir is None or not (path := resume_dir.parent.parent / "config.json").is_file():
+        return None
+    return read_config(path)
+
+
+def planned_epochs(saved: TrainConfig, extensions: list[dict]) -> int:
+    """How long a run is planned to be: its config.json's epochs, or its last extension's."""
+    return extensions[-1]["epochs"] if extensions else saved.epochs
+
+
+def find_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint folder to resume from, or None. A bad explicit path is the user's error."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir / "checkpoints")
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = complete_checkpoints(path / "checkpoints") or complete_checkpoints(path)
+    if found:
+        return found[-1]
+    raise UserError(f"--resume {resume}: no complete checkpoint there (a checkpoint folder such as "
+                    f"RUN_DIR/checkpoints/epoch_0003 holds {STATE_FILE}); pass one, a run folder, or 'auto'")
+
+
 def complete_checkpoints(folder: Path) -> list[Path]:
     """Checkpoint folders (epoch_NNNN, epoch_NNNN_step_SSSSSSSS) that hold STATE_FILE, oldest first."""
     return sorted(d for d in folder.glob("epoch_*") if (d / STATE_FILE).is_file())

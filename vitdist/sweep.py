@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Annotated, Literal
 import tyro
 
 from .config import TrainConfig, UserError
+from .trials import finite, is_main, read_trial_log, say, smooth, train_trial
 
 # --- verdict thresholds for one loss curve (per optimizer step), all relative to the curve's start
 EMA_BETA = 0.9
@@ -54,15 +54,6 @@ DEFAULT_LRS = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)  # the checklist's step 1
 SWEEP_EPOCHS = 5  # `sweep lr` without --epochs: enough steps to read each curve
 
 # ============================================================================ verdicts
-
-
-def smooth(values: list[float], beta: float = EMA_BETA, start: float | None = None) -> list[float]:
-    """EMA of values. Started at `start` when given (no bias), else bias-corrected (Adam's correction)."""
-    out, s = [], (start if start is not None else 0.0)
-    for i, v in enumerate(values):
-        s = beta * s + (1 - beta) * v
-        out.append(s if start is not None else s / (1 - beta ** (i + 1)))
-    return out
 
 
 def lr_curve_verdict(losses: list[float], best_drop: float | None = None,
@@ -138,36 +129,6 @@ class LrSweepArgs:
     schedule: Literal["constant", "config"] = "constant"
     """constant: each rate held for the whole run, as the checklist compares them (warmup and cosine come once
     the rate is chosen); config: the config's own warmup + cosine."""
-
-
-def is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def say(*args, **kwargs) -> None:
-    if is_main():
-        print(*args, **kwargs, flush=True)
-
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def read_trial_log(path: Path) -> list[dict]:
-    """A trial's log; a run that died before writing one has none."""
-    from .runs import read_jsonl
-
-    return read_jsonl(path) if path.exists() else []
-
-
-def train_trial(cfg: TrainConfig) -> tuple[dict | None, str | None]:
-    """train(cfg) -> (results, None), or (None, why) when the loss went non-finite."""
-    from .train import Diverged, train
-
-    try:  # a trial's folder from an earlier sweep starts afresh; tuning never looks at the test split
-        return train(replace(cfg, overwrite=True, test_at_end=False)), None
-    except Diverged as e:
-        return None, str(e)
 
 
 def sweep_lr(cfg: TrainConfig, lrs: list[float], sweep_dir: str | Path, schedule: str = "constant") -> dict:

@@ -21,9 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugin, InitProcessGroupKwargs,
-                               ProjectConfiguration, parse_flag_from_env, set_seed)
+from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
@@ -35,7 +33,8 @@ from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
 from .optim import FUSED_DEVICES, build_optimizer, scheduled_lr
 from .precision import mixed_precision, resolve_precision, use_tf32
-from .runs import DATA_FILE, STATE_FILE, complete_checkpoints, read_config
+from .processes import make_accelerator, process_device
+from .runs import DATA_FILE, STATE_FILE, complete_checkpoints, find_resume, planned_epochs, run_record
 from .stopping import STOP, Interrupted
 
 SKIPPED_FILE = "skipped_images.txt"  # --data.skip-corrupt: the files left out, one path a line
@@ -369,51 +368,6 @@ def engine_name(accelerator: Accelerator, zero_stage: int) -> str:
     return "DDP" if accelerator.num_processes > 1 else "one process"
 
 
-def process_device() -> torch.device:
-    """The kind of device the Accelerator will pick, before it exists (its precision depends on it): a GPU
-    unless there is none or ACCELERATE_USE_CPU says no. Creating accelerate's PartialState this early instead
-    would fix the process state before the Accelerator's CPU and DeepSpeed settings are read."""
-    cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
-    return torch.device("cuda" if cuda else "cpu")
-
-
-def join_restarted_group() -> None:
-    """After an elastic restart (`accelerate launch --max_restarts N`, torchrun's), join the process group under
-    a key prefix of its own. The launcher keeps one store for every attempt, and its keys with it: through
-    env:// a restarted gloo group reads the dead ranks' addresses from the failed attempt and stops with
-    "connectFullMesh ... Connection refused". The first attempt is left to accelerate as usual."""
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if attempt == 0 or torch.distributed.is_initialized() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return
-    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
-    torch.distributed.init_process_group(
-        "nccl" if process_device().type == "cuda" else "gloo",
-        store=torch.distributed.PrefixStore(f"vitdist/attempt_{attempt}", store),
-        rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
-
-
-def make_accelerator(precision: str, accum: int, world_size: int, trackers=(), run_dir: Path | None = None):
-    """The Accelerator of one run, at a resolved precision (resolve_precision). train() may run several times in
-    one process (sweeps, tests): forget the last run's precision and accumulation, keep the process group."""
-    if world_size > 1:
-        join_restarted_group()
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(
-        mixed_precision=mixed_precision(precision),
-        # optimizer_step sets the count for each step; the loader's end must not force a sync of its own.
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
-        log_with=list(trackers) or None,
-        # Batches from loader workers come in pinned memory on a GPU: copy them without waiting.
-        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard"))
-        if run_dir is not None else None,
-        # Several processes without a GPU talk over gloo (NCCL needs CUDA; DeepSpeed would pick it anyway).
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if world_size > 1 and not torch.cuda.is_available()
-        else [],
-    )
-
-
 def optimizer_step(accelerator, model, optimizer, augment, x, y, micro_batch: int, cfg: TrainConfig,
                    input_dtype, stop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on this rank's share (x, y) of the global batch, accumulated in micro-batches.
@@ -668,19 +622,6 @@ RESUME_MAY_CHANGE = ("epochs", "resume", "run_dir", "overwrite", "test_at_end", 
                      "data.root", "data.num_workers", "batch.micro_batch_size", "batch.auto", "log.")
 
 
-def run_record(resume_dir: Path | None) -> tuple[TrainConfig, list[dict]] | None:
-    """(config, extensions) from the config.json of the run a checkpoint belongs to (RUN/checkpoints/epoch_N);
-    None for a fresh start or a checkpoint without its run folder."""
-    if resume_dir is None or not (path := resume_dir.parent.parent / "config.json").is_file():
-        return None
-    return read_config(path)
-
-
-def planned_epochs(saved: TrainConfig, extensions: list[dict]) -> int:
-    """How long a run is planned to be: its config.json's epochs, or its last extension's."""
-    return extensions[-1]["epochs"] if extensions else saved.epochs
-
-
 def check_resume(cfg: TrainConfig, saved: TrainConfig, planned: int, resume_dir: Path) -> None:
     """One line naming every field the resume would change that a resume may not, before anything is touched."""
     from .presets import as_flag, changed_fields
@@ -694,23 +635,6 @@ def check_resume(cfg: TrainConfig, saved: TrainConfig, planned: int, resume_dir:
     if cfg.epochs < planned:
         raise UserError(f"--epochs {cfg.epochs}: the run is planned for {planned} epochs, and a resume can only "
                         f"extend it (its schedule is fixed); stop it early instead, or start a new run")
-
-
-def find_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint folder to resume from, or None. A bad explicit path is the user's error."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        found = complete_checkpoints(run_dir / "checkpoints")
-        return found[-1] if found else None
-    path = Path(resume)
-    if (path / STATE_FILE).is_file():
-        return path
-    found = complete_checkpoints(path / "checkpoints") or complete_checkpoints(path)
-    if found:
-        return found[-1]
-    raise UserError(f"--resume {resume}: no complete checkpoint there (a checkpoint folder such as "
-                    f"RUN_DIR/checkpoints/epoch_0003 holds {STATE_FILE}); pass one, a run folder, or 'auto'")
 
 
 # --- small I/O helpers
