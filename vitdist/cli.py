@@ -18,6 +18,7 @@ COMMANDS = {
     "plot": ("vitdist.plots", "loss, accuracy, learning rate and gradient norm of one or more runs, as a PNG"),
     "eval": ("vitdist.evaluate", "score a run's saved model on a split: accuracy, top-5, per class, confusion matrix"),
     "predict": ("vitdist.predict", "classify image files and folders with a run's model: top-k classes per image"),
+    "export": ("vitdist.export", "a run's model as safetensors, timm, TorchScript, ONNX or a Hub folder, each checked"),
     "autobatch": ("vitdist.autobatch", "measure the largest micro-batch that fits; plan accumulation"),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 
 from .config import ModelConfig
 
@@ -84,7 +85,10 @@ class Block(nn.Module):
         return x
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(nn.Module, PyTorchModelHubMixin):
+    """The mixin adds save_pretrained / from_pretrained / push_to_hub: it records the __init__ arguments as
+    config.json (all plain numbers) and the weights as model.safetensors, under the same names as here."""
+
     def __init__(self, img_size: int = 32, patch_size: int = 8, in_channels: int = 3, embed_dim: int = 128,
                  num_layers: int = 4, num_heads: int = 4, dim_feedforward: int = 512, num_classes: int = 10,
                  dropout: float = 0.1, drop_path_rate: float = 0.0):
