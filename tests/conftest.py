@@ -37,7 +37,7 @@ def tiny_config(run_dir, **overrides) -> TrainConfig:
         early_stop_patience=0,
         run_dir=str(run_dir),
     )
-    subs = {k: v for k, v in overrides.items() if k in ("model", "data", "optim", "batch", "log")}
+    subs = {k: v for k, v in overrides.items() if k in ("model", "data", "optim", "batch", "log", "ema")}
     for key, value in subs.items():
         cfg = replace(cfg, **{key: replace(getattr(cfg, key), **value)})
     return replace(cfg, **{k: v for k, v in overrides.items() if k not in subs})

@@ -162,3 +162,19 @@ def test_one_rank_raising_ends_every_rank(tmp_path, zero):
 def test_a_nan_on_one_rank_stops_both_under_zero2(tmp_path):
     """As under DDP (test_distributed.py): vitdist, not the launcher, stops both ranks, with exit 1 and advice."""
     check_nan_on_rank_1_stops_both(tmp_path / "run", "DeepSpeed ZeRO-2", extra=zero_flags(2))
+
+
+def test_an_average_of_the_weights_is_refused_under_zero3_and_follows_zero2(tmp_path):
+    """--ema.decay: under ZeRO-3 (each rank holds a shard) one line on every rank, exit 2, nothing written;
+    under ZeRO-2 the average runs and is evaluated."""
+    proc = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--ema.decay", "0.9", "--run-dir", tmp_path / "z3",
+                             num_processes=2, extra=zero_flags(3), timeout=180)
+    assert proc.returncode != 0
+    assert proc.stderr.count("vitdist: error: --ema.decay does not run under DeepSpeed ZeRO-3") == 2, \
+        proc.stderr[-2000:]
+    assert not (tmp_path / "z3").exists()
+    proc = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--ema.decay", "0.9", "--run-dir", tmp_path / "z2",
+                             num_processes=2, extra=zero_flags(2), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in open(tmp_path / "z2" / "metrics.jsonl")]
+    assert all(0 <= r["val_acc_ema"] <= 1 for r in rows)

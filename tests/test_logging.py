@@ -44,6 +44,8 @@ def test_tensorboard_holds_every_epoch_metric_and_every_step(tmp_path, one_threa
     for name in ("loss", "lr", "grad_norm"):
         assert scalars(f"step/{name}") == pytest.approx({s["step"]: s[name] for s in steps}, rel=1e-6), name
     for name, value in results.items():
+        if isinstance(value, str):  # "weights": a name, which TensorBoard's scalars cannot hold
+            continue
         assert scalars(f"final/{name}") == pytest.approx({results["steps"]: float(value)}, rel=1e-6), name
 
 

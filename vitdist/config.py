@@ -225,12 +225,30 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class EmaConfig:
+    decay: float = 0.0
+    """Keep an exponential moving average of the weights, updated after every optimizer step with this decay
+    (e.g. 0.999; 0: off). It is evaluated each epoch beside the raw weights (val_acc_ema) and saved in every
+    checkpoint; timm's ModelEmaV3, kept in fp32."""
+    warmup: bool = True
+    """Warm the decay up, 1 - (1 + step)^(-2/3) until it reaches --ema.decay (timm's schedule): early on the
+    average follows the weights instead of holding on to the random start."""
+    select_best: bool = True
+    """The run's best epoch, early stopping and model.safetensors take the better of the raw and the EMA
+    validation accuracy (results.json's "weights" says which); without it, the raw weights only."""
+
+    def __post_init__(self):
+        _require(0.0 <= self.decay < 1.0, f"--ema.decay must be in [0, 1) (0: off), got {self.decay}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     epochs: int = 100
     """Training epochs (full passes over the training split)."""
     precision: Literal["auto", "no", "tf32", "bf16", "fp16"] = "auto"
@@ -280,7 +298,8 @@ def to_dict(cfg) -> dict:
 
 def from_dict(d: dict) -> TrainConfig:
     """Inverse of to_dict (reads config.json back)."""
-    subs = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "batch": BatchConfig, "log": LogConfig}
+    subs = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "batch": BatchConfig, "log": LogConfig,
+            "ema": EmaConfig}
     kwargs = {}
     for key, value in d.items():
         if key in subs:

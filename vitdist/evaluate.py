@@ -121,9 +121,9 @@ class EvalArgs:
     split: Optional[Literal["test", "val", "train"]] = None
     """The split to score, as the run built it (the same seeded validation hold-out and subsets). Default: the
     test split where the run's data has one, else val."""
-    weights: Literal["best", "last"] = "best"
-    """best: the run's exported model.safetensors (its best epoch; while it runs, the best so far); last: its
-    newest checkpoint."""
+    weights: Literal["best", "last", "ema"] = "best"
+    """best: the run's model.safetensors (its best epoch, raw or averaged as results.json says; while it runs, the
+    best so far); last: its newest checkpoint's raw weights; ema: that checkpoint's moving average (--ema.decay)."""
     data: DataConfig = DataConfig()
     """The run's data settings; any --data.* flag overrides one (say, --data.root where the data moved)."""
     batch_size: int = 1024

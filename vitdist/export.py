@@ -74,8 +74,9 @@ class ExportArgs:
     out: Optional[str] = None
     """Where to write. Default: RUN/export/model.safetensors, RUN/export/timm/, RUN/export/model.pt,
     RUN/export/model.onnx or RUN/export/hub/. A folder given to a one-file format gets the file inside it."""
-    weights: Literal["best", "last"] = "best"
-    """best: the run's best validation epoch (its model.safetensors); last: its newest checkpoint."""
+    weights: Literal["best", "last", "ema"] = "best"
+    """best: the run's model.safetensors (its best epoch, raw or averaged as results.json says; while it runs, the
+    best so far); last: its newest checkpoint's raw weights; ema: that checkpoint's moving average (--ema.decay)."""
     check_batch: int = 4
     """Random images in the check's batch (the trace's example for torchscript and onnx, which are then checked
     on check_batch + 3 images: a batch size they did not see)."""

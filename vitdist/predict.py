@@ -76,8 +76,9 @@ class PredictArgs:
     """Classes to report per image, most likely first (at most the run's class count)."""
     out: Optional[str] = None
     """Write the predictions to this .csv or .jsonl file; without it they are printed."""
-    weights: Literal["best", "last"] = "best"
-    """best: the run's exported model.safetensors; last: its newest checkpoint."""
+    weights: Literal["best", "last", "ema"] = "best"
+    """best: the run's model.safetensors (its best epoch, raw or averaged as results.json says; while it runs, the
+    best so far); last: its newest checkpoint's raw weights; ema: that checkpoint's moving average (--ema.decay)."""
     batch_size: int = 256
     """Images per forward."""
     num_workers: Optional[int] = None

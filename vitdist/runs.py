@@ -135,7 +135,8 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 # --- the model: weights, class names, preprocessing
 
-WEIGHTS = ("best", "last")
+WEIGHTS = ("best", "last", "ema")
+EMA_FILE = "custom_checkpoint_0.pkl"  # accelerate's name for the first object registered for checkpointing: the EMA
 
 
 @dataclass
@@ -146,8 +147,8 @@ class RunInfo:
     dir: Path
     config: TrainConfig
     classes: list[str]
-    weights: str  # "best" or "last"
-    weights_file: Path  # the safetensors file loaded
+    weights: str  # "best", "last" or "ema"
+    weights_file: Path  # the file loaded
     epoch: Optional[int]  # the epoch those weights ended, where known
     results: Optional[dict]  # results.json (absent until the run ends)
 
@@ -200,8 +201,8 @@ def run_classes(run_dir: Path, cfg: TrainConfig, num_classes: int) -> list[str]:
 
 
 def weights_file(run_dir: Path, weights: str) -> tuple[Path, Optional[int]]:
-    """(safetensors file, epoch) of the run's best weights (model.safetensors, written when the run ends; while
-    it runs, the best epoch's checkpoint) or its last checkpoint's."""
+    """(file, epoch) of the run's best weights (model.safetensors, written when the run ends; while it runs,
+    the best epoch's checkpoint), its last checkpoint's raw weights, or that checkpoint's moving average (ema)."""
     if weights not in WEIGHTS:
         raise UserError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
     results = read_json(run_dir / "results.json")
@@ -216,6 +217,10 @@ def weights_file(run_dir: Path, weights: str) -> tuple[Path, Optional[int]]:
         best = json.loads((chosen / STATE_FILE).read_text())["best_epoch"]
         chosen = next((c for c in checkpoints if c.name == f"epoch_{best:04d}"), chosen)
     state = json.loads((chosen / STATE_FILE).read_text())
+    if weights == "ema":
+        if not (chosen / EMA_FILE).is_file():
+            raise UserError(f"--weights ema: {chosen} holds no moving average (the run had no --ema.decay)")
+        return chosen / EMA_FILE, state["epoch"]
     path = chosen / "model.safetensors"
     if not path.is_file():
         raise UserError(f"{chosen} holds no model.safetensors (a DeepSpeed checkpoint keeps sharded weights): "
@@ -233,7 +238,13 @@ def load_run(run_dir: str | Path, weights: str = "best", device="cpu"):
     folder = Path(run_dir)
     cfg = run_config(folder)
     path, epoch = weights_file(folder, weights)
-    state = load_file(path, device=str(device))
+    if path.name == EMA_FILE:  # timm's ModelEmaV3 state dict: the averaged model under "module."
+        import torch
+
+        state = {k.removeprefix("module."): v for k, v in
+                 torch.load(path, map_location=device, weights_only=True).items()}
+    else:
+        state = load_file(path, device=str(device))
     if "head.weight" not in state:
         raise UserError(f"{path} holds no ViT weights (no head.weight): {NOT_A_RUN}")
     num_classes = state["head.weight"].shape[0]

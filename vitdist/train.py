@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env, set_seed
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
@@ -57,6 +58,7 @@ class TrainState:
     bad_epochs: int = 0  # epochs since the best validation accuracy, for early stopping
     step_in_epoch: int = 0  # steps of epoch `epoch + 1` done, in a checkpoint saved inside it
     partial: Optional[dict] = None  # that epoch's sums so far: loss x n, correct, n; gradient norms; seconds
+    best_weights: str = "raw"  # which weights scored best_val_acc: "raw", or "ema" (the moving average)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ def train(cfg: TrainConfig) -> dict:
     accelerator = make_accelerator(cfg.precision, accum, world_size, trackers, run_dir)
     assert accelerator.num_processes == world_size, (accelerator.num_processes, world_size)
     zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
+    if cfg.ema.decay > 0 and zero_stage == 3:
+        raise UserError("--ema.decay does not run under DeepSpeed ZeRO-3 in vitdist (each rank holds a shard of "
+                        "the weights): use ZeRO-1 or 2, or DDP, or drop --ema.decay")
     if cfg.batch.auto:  # every rank measures, and all take the smallest fit
         measured = resolve_micro_batch(cfg, world_size, accelerator.device, zero_stage, log=accelerator.print)
         micro_batch, accum = batch_plan(cfg.batch.global_batch_size, measured, world_size)
@@ -175,6 +180,13 @@ def train(cfg: TrainConfig) -> dict:
     augment = BatchAugment(cfg.data, data.num_classes).to(accelerator.device)
     # DeepSpeed's bf16/fp16 modes hold the weights themselves in half precision (no autocast): feed that dtype.
     input_dtype = next(model.parameters()).dtype
+    ema = None  # the weights' moving average (--ema.decay): updated after each step, checkpointed with the rest
+    if cfg.ema.decay > 0:
+        from timm.utils.model_ema import ModelEmaV3
+
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema.decay, use_warmup=cfg.ema.warmup,
+                         dtype=torch.float32)
+        accelerator.register_for_checkpointing(ema)
     set_seed(cfg.seed, device_specific=True)  # each rank its own dropout and augmentation draws
 
     # --- run folder, resume, trackers
@@ -223,6 +235,7 @@ def train(cfg: TrainConfig) -> dict:
                       f"({input_dtype} weights); "
                       f"{engine_name(accelerator, zero_stage)}; AdamW {'fused' if fused else 'foreach'}; "
                       f"{'compiled' if cfg.compile else 'eager'}; "
+                      + (f"EMA {cfg.ema.decay:g}{' (decay warmup)' * cfg.ema.warmup}; " if ema is not None else "")
                       + (f"skipped {len(data.skipped)} unreadable images ({run_dir / SKIPPED_FILE}); "
                          if data.skipped else "") +
                       f"device {accelerator.device}")
@@ -236,7 +249,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # --- epochs
     stopped_early = False
-    table = EpochTable(accelerator.print)
+    table = EpochTable(accelerator.print, ema=ema is not None)
     table.header()  # now, not when the first epoch ends
     for epoch in range(state.epoch, cfg.epochs):
         train_dl.set_epoch(epoch)
@@ -264,6 +277,8 @@ def train(cfg: TrainConfig) -> dict:
                 micro_batch = shrink_after_oom(accelerator, model, cfg, micro_batch, zero_stage)
             sums += step_sums
             state.step += 1
+            if ema is not None:  # foreach lerps on the device; the decay is a function of the host's step count
+                ema.update(accelerator.unwrap_model(model), step=state.step)
             done += 1
             pending.append((state.step, lr, stats))
             bar.step()
@@ -295,6 +310,9 @@ def train(cfg: TrainConfig) -> dict:
         # --- evaluate, log, checkpoint
         val_loss, val_acc = evaluate(model, val_dl, augment, accelerator)
         clean_loss, clean_acc = evaluate(model, train_eval_dl, augment, accelerator)
+        if ema is not None:
+            with accelerator.autocast():  # the raw model's forward has it from prepare(); the average's not
+                val_loss_ema, val_acc_ema = evaluate(ema.module, val_dl, augment, accelerator)
         metrics = {
             "epoch": epoch + 1, "step": state.step,
             "train_loss": loss_sum / count,
@@ -307,9 +325,15 @@ def train(cfg: TrainConfig) -> dict:
             "achieved_tflops": achieved_tflops,
             "mfu": mfu(achieved_tflops, derived.peak_tflops, world_size),  # None where the peak is unknown
         }
-        improved = val_acc > state.best_val_acc
+        weights, score = "raw", val_acc  # what the epoch is judged by: the raw weights, or the better average
+        if ema is not None:
+            metrics.update(val_loss_ema=val_loss_ema, val_acc_ema=val_acc_ema)
+            if cfg.ema.select_best and val_acc_ema > val_acc:
+                weights, score = "ema", val_acc_ema
+        improved = score > state.best_val_acc
         if improved:
-            state.best_val_acc, state.best_epoch, state.bad_epochs = val_acc, epoch + 1, 0
+            state.best_val_acc, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            state.best_weights = weights
         else:
             state.bad_epochs += 1
         state.epoch = epoch + 1
@@ -332,13 +356,21 @@ def train(cfg: TrainConfig) -> dict:
     # --- the best checkpoint: test it once, export its weights
     best_dir = checkpoint_dir(run_dir, state.best_epoch)
     accelerator.load_state(str(best_dir))
-    results = {"best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc, "epochs_run": state.epoch,
-               "steps": state.step, "stopped_early": stopped_early, "num_params": derived.num_params}
+    results = {"best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc, "weights": state.best_weights,
+               "epochs_run": state.epoch, "steps": state.step, "stopped_early": stopped_early,
+               "num_params": derived.num_params}
+    best = ema.module if state.best_weights == "ema" else model
     scores = None
     if test_dl is not None and cfg.test_at_end:  # with top-5, per-class accuracy and the confusion matrix
-        scores = score_split(model, test_dl, augment.normalize, accelerator, data.num_classes)
+        with accelerator.autocast():
+            scores = score_split(best, test_dl, augment.normalize, accelerator, data.num_classes)
         results["test_loss"], results["test_acc"] = scores["loss"], scores["accuracy"]
-    accelerator.save_model(model, str(run_dir))  # run_dir/model.safetensors: the best weights, unwrapped
+    if state.best_weights == "ema":  # the average is a plain module on every rank, whatever the engine
+        if is_main:
+            save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()},
+                      str(run_dir / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        accelerator.save_model(model, str(run_dir))  # run_dir/model.safetensors: the best weights, unwrapped
     if is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         about = {"run_dir": str(run_dir), "weights_file": str(run_dir / "model.safetensors"),
@@ -349,9 +381,10 @@ def train(cfg: TrainConfig) -> dict:
                 log_to_wandb(accelerator.get_tracker("wandb", unwrap=True), "test", scores, data.classes,
                              run_dir / "model.safetensors", about, state.step)
         accelerator.print("best: epoch {best_epoch}, val acc {best_val_acc:.4f}".format(**results)
+                          + (f" ({state.best_weights} weights)" if ema is not None else "")
                           + (f"; test acc {results['test_acc']:.4f}" if "test_acc" in results else "")
                           + f" -> {run_dir}")
-    accelerator.log({f"final/{k}": v for k, v in results.items()}, step=state.step)
+    accelerator.log({f"final/{k}": v for k, v in results.items() if k != "weights"}, step=state.step)
     # Not accelerator.end_training(): it also destroys the process group, and a second train() in the same
     # processes (a sweep under accelerate launch) could not re-create it. Trackers end here; the group at exit.
     for tracker in accelerator.trackers:
@@ -718,19 +751,25 @@ class EpochTable:
                ("lr", "{:>9.2e}"), ("grad_norm_mean", "{:>9.3f}"), ("epoch_time_s", "{:>7.1f}"),
                ("images_per_s", "{:>7.0f}")]
     HEADER = "epoch train_loss train_acc clean_acc val_loss val_acc        lr grad_norm  time_s   img/s"
+    EMA_COLUMN, EMA_HEADER = ("val_acc_ema", "{:>7.4f}"), " ema_acc"  # after val_acc, with --ema.decay
 
-    def __init__(self, print_fn):
+    def __init__(self, print_fn, ema: bool = False):
         self.print, self.printed_header = print_fn, False
+        self.columns, self.text = list(self.COLUMNS), self.HEADER
+        if ema:
+            self.columns.insert(6, self.EMA_COLUMN)
+            at = self.HEADER.index(" val_acc") + len(" val_acc")
+            self.text = self.HEADER[:at] + self.EMA_HEADER + self.HEADER[at:]
 
     def header(self) -> None:
         if not self.printed_header:
-            self.print(self.HEADER)
+            self.print(self.text)
             self.printed_header = True
 
     def row(self, m: dict, best: bool) -> None:
         self.header()
         cells = [fmt.format(m[k]) if m[k] is not None else f"{'-':>{len(fmt.format(0.0 if 'f' in fmt else 0))}}"
-                 for k, fmt in self.COLUMNS]
+                 for k, fmt in self.columns]
         self.print(" ".join(cells) + (" *" if best else ""))
 
 
