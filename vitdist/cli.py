@@ -14,6 +14,7 @@ COMMANDS = {
     "check": ("vitdist.checks", "before training: shape, gradient and overfit checks, PASS or FAIL"),
     "sweep": ("vitdist.sweep", "learning-rate sweep (or range test, or a grid) with a verdict per curve"),
     "diagnose": ("vitdist.diagnose", "read a run's metrics: over/underfitting verdict and the flags to try next"),
+    "tune": ("vitdist.tune", "the checklist's loop under a budget: check, sweep, baseline, diagnose, keep what helps"),
     "recommend": ("vitdist.recommend", "the checklist's tables: a starting config for a data set size and GPU"),
     "plot": ("vitdist.plots", "loss, accuracy, learning rate and gradient norm of one or more runs, as a PNG"),
     "eval": ("vitdist.evaluate", "score a run's saved model on a split: accuracy, top-5, per class, confusion matrix"),

@@ -218,10 +218,52 @@ def plot_range(report: dict, path: str | Path, stop_factor: float) -> Path:
     return path
 
 
+def plot_best_so_far(accs: list[Optional[float]], names: list[str], out: str | Path, title: str) -> Path:
+    """Each trial's best validation accuracy (a dot; a cross at the bottom for a diverged trial) and the best so
+    far (a step line), against the trial number."""
+    fig = Figure(figsize=(max(6.0, 0.45 * len(accs) + 3), 4.5), layout="constrained")
+    ax = fig.subplots()
+    xs = list(range(len(accs)))
+    best, running = [], -math.inf
+    for a in accs:
+        running = max(running, a) if a is not None else running
+        best.append(running if math.isfinite(running) else None)
+    ax.step(xs, [b if b is not None else math.nan for b in best], where="post", color="C0", lw=2,
+            label="best so far")
+    ok = [(x, a) for x, a in zip(xs, accs) if a is not None]
+    ax.plot([x for x, _ in ok], [a for _, a in ok], "o", color="C1", label="trial")
+    low = min((a for _, a in ok), default=0.0)
+    bad = [x for x, a in zip(xs, accs) if a is None]
+    if bad:
+        ax.plot(bad, [low] * len(bad), "x", color="C3", markersize=9, label="diverged")
+    ax.set_xticks(xs, names, rotation=60, fontsize=8)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best validation accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def run_folders(paths: tuple[str, ...]) -> list[str]:
+    """Run folders as given, a folder of runs (a tune or sweep folder: no metrics.jsonl of its own) opened into its
+    runs, in name order."""
+    out = []
+    for p in paths:
+        folder = Path(p)
+        inner = sorted(d for d in folder.glob("*/") if (d / "metrics.jsonl").is_file()) if folder.is_dir() else []
+        out += [str(d) for d in inner] if inner and not (folder / "metrics.jsonl").is_file() else [p]
+    return out
+
+
 @dataclass
 class PlotArgs:
     run_dirs: tyro.conf.Positional[tuple[str, ...]]
-    """One or more run folders written by `vitdist train`; several are overlaid, one color each."""
+    """One or more run folders written by `vitdist train`, overlaid, one color each; a folder of runs (`vitdist
+    tune`'s or `sweep`'s) stands for the runs in it."""
     out: Optional[str] = None
     """The PNG to write; default: curves.png in the first RUN_DIR."""
 
@@ -237,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("vitdist plot needs at least one RUN_DIR (a folder written by `vitdist train`)")
         if args.out is not None and Path(args.out).suffix.lower() != ".png":
             raise UserError(f"--out {args.out} must end in .png")
-        runs = [read_run(d) for d in args.run_dirs]
-        out = plot_runs(runs, args.out or runs[0].dir / "curves.png")
+        runs = [read_run(d) for d in run_folders(args.run_dirs)]
+        default = Path(args.run_dirs[0]) / "curves.png"  # a tune folder's picture goes in the tune folder
+        out = plot_runs(runs, args.out or default)
         print(f"wrote {out}")
     return 0
 

@@ -1,0 +1,148 @@
+"""Issue 12: `vitdist tune`. The loop's decisions with planted effects (a change that helps is kept, one that hurts
+or stays within the noise is reverted, advice already tried is not tried again), resume without rerunning
+finished trials, and one real tune end to end on synthetic data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from conftest import run_cli, tiny_config
+from vitdist import diagnose as dg
+from vitdist import tune as tune_mod
+from vitdist.diagnose import Advice, Diagnosis
+
+NUM_VAL = 1000  # 2 binomial standard errors of a difference near 0.6: about 0.044
+
+
+def effect(cfg) -> float:
+    """The planted truth: what each change does to validation accuracy."""
+    acc = 0.50
+    acc += 0.10 if cfg.optim.lr == 5e-3 else 0.0  # the sweep's rate helps
+    acc += 0.10 if cfg.optim.weight_decay == 1e-3 else 0.0  # helps
+    acc -= 0.05 if cfg.model.dropout == 0.2 else 0.0  # hurts
+    acc += 0.01 if cfg.data.color_jitter else 0.0  # within the noise
+    return acc
+
+
+@pytest.fixture
+def planted(monkeypatch):
+    """tune's trials, sweep, checks and diagnosis replaced by planted ones; returns the trials run."""
+    calls = []
+
+    def train_trial(cfg):
+        calls.append(cfg.run_dir)
+        if cfg.optim.lr == 1e-2:
+            return None, "loss became NaN"
+        from pathlib import Path
+
+        run = Path(cfg.run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        acc = effect(cfg)
+        (run / "data.json").write_text(json.dumps({"num_val": NUM_VAL}))
+        (run / "config.json").write_text(json.dumps(tune_mod.to_dict(cfg)))
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": acc}) + "\n")
+        return {"best_val_acc": acc}, None
+
+    def sweep_lr(cfg, lrs, sweep_dir, schedule="constant"):
+        return {"recommended_lr": 5e-3, "advice": "lr 5e-3: healthy", "runs": [
+            {"lr": lr, "verdict": "healthy" if lr == 5e-3 else "too slow"} for lr in lrs]}
+
+    def diagnose(rows, config, steps=None, results=None):
+        wd = config["optim"]["weight_decay"]
+        advice = [Advice("more dropout: 0.1 -> 0.2", "--model.dropout 0.2"),
+                  Advice("more weight decay", "--optim.weight-decay 1e-3") if wd < 1e-3 else
+                  Advice("stronger augmentation: ColorJitter", "--data.color-jitter"),
+                  Advice("train longer", "--epochs 20")]
+        return Diagnosis(dg.SEVERE, "", {}, [], advice, [dg.SEVERE])
+
+    monkeypatch.setattr(tune_mod, "train_trial", train_trial)
+    monkeypatch.setattr("vitdist.sweep.sweep_lr", sweep_lr)
+    monkeypatch.setattr("vitdist.checks.run_checks", lambda cfg, print_fn=print: [])
+    monkeypatch.setattr(dg, "diagnose", diagnose)
+    monkeypatch.setattr(tune_mod, "score_test_once", lambda run_dir: {"accuracy": 0.5})
+    return calls
+
+
+def tune_args(tmp_path, **kw):
+    template = tiny_config(tmp_path / "unused", epochs=10, optim={"warmup_epochs": 1.0})
+    return tune_mod.TuneArgs(train=template, tune_dir=str(tmp_path / "tune"), lrs=(1e-2, 5e-3, 1e-3), **kw)
+
+
+def test_a_change_that_helps_is_kept_and_one_that_hurts_or_is_noise_is_reverted(tmp_path, planted):
+    summary = tune_mod.tune(tune_args(tmp_path, budget_trials=20))
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    got = [(d["step"], d["what"], d["result"]) for d in record["decisions"]]
+    assert got == [
+        ("check", "shape, gradient and overfit checks", "PASS"),
+        ("sweep lr", "3 rates, 2 epoch(s) each", "lr 0.005"),
+        ("baseline", "baseline: lr 0.005", "kept"),  # 0.60 vs the template's 0.50
+        ("diagnose: severe overfitting", "more dropout: 0.1 -> 0.2", "reverted"),  # 0.55: hurts
+        ("diagnose: severe overfitting", "more weight decay", "kept"),  # 0.70
+        # dropout 0.2 was tried: not again, though the new best's diagnosis advises it first
+        ("diagnose: severe overfitting", "stronger augmentation: ColorJitter", "reverted"),  # +0.01: noise
+        ("diagnose", "trial_003: severe overfitting", "stop"),  # the best run; --epochs is not a trial's to change
+        ("final", "trial_003", "done")]
+    assert summary["best_trial"] == "trial_003" and summary["best_val_acc"] == pytest.approx(0.70)
+    assert summary["template_val_acc"] == pytest.approx(0.50)
+    assert summary["best_flags"] == "--optim.lr 0.005 --optim.weight-decay 0.001"
+    noise = record["decisions"][5]["noise"]
+    assert 0.01 < noise < 0.05 and record["decisions"][5]["gain"] == pytest.approx(0.01)
+    assert len(planted) == 5  # template, baseline, three changes
+    md = (tmp_path / "tune" / "tune.md").read_text()
+    assert "| kept | val 0.7000 vs 0.6000: +0.1000 > noise" in md and "trial_003" in md
+    assert (tmp_path / "tune" / "tune.png").stat().st_size > 5000
+
+
+def test_the_trial_budget_stops_the_loop(tmp_path, planted):
+    tune_mod.tune(tune_args(tmp_path, budget_trials=3 + 3))  # 3 sweep rates + template, baseline, one change
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert [t["name"] for t in record["trials"]] == ["trial_000", "trial_001", "trial_002"]
+    assert record["decisions"][-2]["result"] == "stop" and "trial budget" in record["decisions"][-2]["why"]
+
+
+def test_resume_reads_finished_trials_back(tmp_path, planted, monkeypatch):
+    """Killed as its fourth trial starts; --resume auto reruns nothing finished and ends as an unbroken tune."""
+    real = tune_mod.train_trial
+
+    def dies_at_fourth(cfg):
+        if len(planted) == 3:
+            planted.append("killed")
+            raise KeyboardInterrupt
+        return real(cfg)
+
+    monkeypatch.setattr(tune_mod, "train_trial", dies_at_fourth)
+    args = tune_args(tmp_path, budget_trials=20)
+    with pytest.raises(KeyboardInterrupt):
+        tune_mod.tune(args)
+    with pytest.raises(Exception, match="holds an earlier tune"):
+        tune_mod.tune(args)
+    ran_before = len(planted)
+    tune_mod.tune(replace(args, train=replace(args.train, resume="auto")))
+    assert len(planted) - ran_before == 2  # trial_003 and trial_004; trial_000-002 read back
+    resumed = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    tune_mod.tune(tune_args(straight_dir, budget_trials=20))
+    straight = json.loads((straight_dir / "tune" / "tune.json").read_text())
+    strip = lambda r: [(d["step"], d["what"], d["result"]) for d in r["decisions"]]  # noqa: E731
+    assert strip(resumed) == strip(straight)
+
+
+def test_a_real_tune_on_synthetic_data(tmp_path):
+    """Nothing planted: the checks, a 2-rate sweep and 3 trials of a tiny ViT, through the command."""
+    flags = ["--data.name", "synthetic", "--data.synthetic-size", "320", "--data.val-fraction", "0.2",
+             "--data.train-eval-size", "64", "--model.embed-dim", "32", "--model.num-layers", "1",
+             "--model.num-heads", "2", "--model.dim-feedforward", "64", "--batch.global-batch-size", "32",
+             "--epochs", "2", "--optim.warmup-epochs", "0.2", "--log.no-tensorboard", "--log.no-progress"]
+    proc = run_cli("tune", *flags, "--tune-dir", tmp_path / "t", "--budget-trials", "5", "--sweep-epochs", "1",
+                   "--lrs", "1e-2", "1e-3", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert [d["step"] for d in record["decisions"]][:2] == ["check", "sweep lr"]
+    assert len(record["trials"]) == 3 and record["summary"]["best_val_acc"] >= record["summary"]["template_val_acc"]
+    assert all((tmp_path / "t" / t["name"] / "metrics.jsonl").is_file() for t in record["trials"])
+    plot = run_cli("plot", tmp_path / "t", timeout=120)
+    assert plot.returncode == 0 and (tmp_path / "t" / "curves.png").is_file(), plot.stderr

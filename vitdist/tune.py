@@ -1,0 +1,371 @@
+"""`vitdist tune`: the checklist's order of work, run by the tool under a budget, with every decision written down.
+
+    vitdist tune --preset tiny --data.name imagefolder --data.root DIR --data.train-subset 10000 \\
+        --epochs 10 --budget-trials 12 --budget-minutes 45
+
+1. `check`: the shape, gradient and overfit checks; a FAIL stops the tune with the check's advice.
+2. The learning-rate sweep (`sweep lr`'s short trials and verdicts); its recommended rate becomes the baseline's.
+3. The template (the config as given) and the baseline (at the swept rate) train for --epochs each.
+4. `diagnose` the best run so far and try its first advised change alone. A change is kept only when its best
+   validation accuracy beats the best so far by more than the noise of the validation estimate (NOISE_Z binomial
+   standard errors of the difference of two accuracies on the same validation split); otherwise it is reverted
+   and the next advice is tried. Once the diagnosis is healthy (or only mild overfitting), the checklist's step-3
+   tricks follow: label smoothing, warmup, Mixup/CutMix, stochastic depth, an EMA of the weights.
+5. The best config trains for --final-epochs (by default the trial's own run is kept) and the test split is
+   scored once, at the very end.
+
+Every trial is an ordinary run folder under the tune folder; tune.json and tune.md record each decision, tune.png
+draws the best validation accuracy so far against the trial number. `--resume auto` continues a killed tune: the
+decisions are a function of the trials' results, so finished trials are read back, not rerun. Under `accelerate
+launch`, all ranks run each trial together (rank 0 alone writes the records).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import tyro
+
+from .config import TrainConfig, UserError, to_dict
+from .trials import is_main, say, train_trial
+
+NOISE_Z = 2.0  # a kept change beats the best by more than this many standard errors of the difference
+# Advice a fixed-length trial cannot take: a longer run (trials compare at the same epochs), the overfit check
+# (step 1 ran it), a precision change (speed, not accuracy).
+NOT_A_TRIAL = ("--epochs", "--preset", "--precision")
+# The checklist's step-3 tricks, tried in this order once the diagnosis is healthy; each applies where the config
+# does not have it yet.
+TRICKS = (
+    ("label smoothing 0.1 (step 3)", "--label-smoothing 0.1", lambda c: c.label_smoothing == 0),
+    ("gradient clipping at 1.0 (step 3)", "--optim.max-grad-norm 1.0", lambda c: c.optim.max_grad_norm == 0),
+    ("a warmup of a tenth of the run (step 3)", None, lambda c: c.optim.warmup_epochs == 0),
+    ("Mixup/CutMix (the Lessons' optional trick)", "--data.mixup-alpha 0.8 --data.cutmix-alpha 1.0",
+     lambda c: c.data.mixup_alpha == 0 and c.data.cutmix_alpha == 0),
+    ("stochastic depth 0.1 (the Lessons' optional trick)", "--model.drop-path-rate 0.1",
+     lambda c: c.model.drop_path_rate == 0),
+    ("an EMA of the weights, decay 0.999", "--ema.decay 0.999", lambda c: c.ema.decay == 0),
+)
+
+
+@dataclass(frozen=True)
+class TuneArgs:
+    train: Annotated[TrainConfig, tyro.conf.arg(name="")]  # the template: a preset and the user's flags
+    tune_dir: str = "runs/tune"
+    """Folder for tune.json, tune.md, tune.png and one run folder per trial; --run-dir is not used."""
+    budget_trials: int = 12
+    """Training runs in all, the sweep's included (the final run is not counted)."""
+    budget_minutes: float = 0.0
+    """Stop starting trials when the next would likely end past this many minutes (0: no time limit)."""
+    lrs: tuple[float, ...] = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)
+    """The sweep's rates (the checklist's step 1)."""
+    sweep_epochs: int = 2
+    """Epochs of each sweep trial: enough steps to read a loss curve."""
+    final_epochs: Optional[int] = None
+    """Epochs of the final run of the best config; default --epochs: the best trial itself is the final run."""
+    # --resume auto (train's own flag) continues the tune in --tune-dir: finished trials are read back, not rerun.
+
+
+@dataclass
+class Trial:
+    name: str
+    what: str  # the change, in words
+    flags: str  # the change, as flags on top of the parent config ("" for the template)
+    config: dict
+    run_dir: str
+    best_val_acc: Optional[float] = None
+    num_val: int = 0
+    seconds: float = 0.0
+    error: Optional[str] = None
+
+
+def noise(acc_a: float, acc_b: float, n: int) -> float:
+    """NOISE_Z standard errors of the difference of two accuracies measured on n validation images (binomial,
+    as if independent: conservative for two models on the same images; it leaves out seed-to-seed variance)."""
+    if n <= 0:
+        return math.inf
+    return NOISE_Z * math.sqrt((acc_a * (1 - acc_a) + acc_b * (1 - acc_b)) / n)
+
+
+def apply_flags(cfg: TrainConfig, flags: str) -> TrainConfig:
+    """cfg with flags parsed on top, exactly as `vitdist train` would parse them."""
+    return tyro.cli(TrainConfig, default=cfg, args=shlex.split(flags)) if flags else cfg
+
+
+class Tuner:
+    def __init__(self, args: TuneArgs):
+        self.args, self.dir = args, Path(args.tune_dir)
+        self.t0 = time.perf_counter()
+        self.trials: list[Trial] = []
+        self.decisions: list[dict] = []
+        self.done: dict[str, dict] = {}  # a resumed tune's finished trials, by name
+        self.sweep: Optional[dict] = None
+        self.resuming = args.train.resume is not None
+        if self.resuming and (self.dir / "tune.json").is_file():
+            old = json.loads((self.dir / "tune.json").read_text())
+            self.done = {t["name"]: t for t in old["trials"] if t["best_val_acc"] is not None or t["error"]}
+            self.sweep = old.get("sweep")
+        elif (self.dir / "tune.json").is_file() and not self.resuming:
+            raise UserError(f"--tune-dir {self.dir} holds an earlier tune: continue it with --resume auto, or pick "
+                            f"another --tune-dir")
+
+    # --- budget and records
+
+    def trials_left(self) -> int:
+        return self.args.budget_trials - len(self.trials) - (len(self.sweep["runs"]) if self.sweep else 0)
+
+    def time_left_for_one(self) -> bool:
+        if self.args.budget_minutes <= 0:
+            return True
+        ran = [t.seconds for t in self.trials if t.seconds > 0]
+        expected = sum(ran) / len(ran) if ran else 0.0
+        return agree((time.perf_counter() - self.t0 + expected) / 60 <= self.args.budget_minutes)
+
+    def decide(self, step: str, what: str, numbers: dict, result: str, why: str) -> None:
+        self.decisions.append({"step": step, "what": what, **numbers, "result": result, "why": why})
+        say(f"tune: {step}: {what}: {result}: {why}")
+        self.write()
+
+    def write(self) -> None:
+        if not is_main():
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        record = {"template": to_dict(self.args.train), "noise_z": NOISE_Z, "sweep": self.sweep,
+                  "trials": [t.__dict__ for t in self.trials], "decisions": self.decisions,
+                  "minutes": (time.perf_counter() - self.t0) / 60}
+        (self.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
+        (self.dir / "tune.md").write_text(tune_markdown(record))
+
+    # --- trials
+
+    def run(self, name: str, what: str, flags: str, cfg: TrainConfig) -> Trial:
+        run_dir = str(self.dir / name)
+        cfg = replace(cfg, run_dir=run_dir, resume=None)
+        trial = Trial(name, what, flags, json.loads(json.dumps(to_dict(cfg))), run_dir)  # as tune.json holds it
+        old = self.done.get(name)
+        if old is not None and old["config"] == trial.config:  # resumed: this trial finished before
+            trial = Trial(**old)
+            say(f"\n=== tune {name}: {what}: read back (val acc {trial.best_val_acc})")
+        else:
+            say(f"\n=== tune {name}: {what} -> {run_dir}")
+            start = time.perf_counter()
+            results, trial.error = train_trial(cfg)
+            trial.seconds = time.perf_counter() - start
+            if results is not None:
+                trial.best_val_acc = results["best_val_acc"]
+                trial.num_val = json.loads((Path(run_dir) / "data.json").read_text())["num_val"]
+        self.trials.append(trial)
+        self.write()
+        return trial
+
+
+def agree(flag: bool) -> bool:
+    """Rank 0's answer on every rank: a time budget read from each rank's own clock could split the ranks'
+    paths, and the next trial would wait for a rank that never comes."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, str, str]]:
+    """(step, what, flags) to try next, in order: the diagnosis's advice, then (healthy or mild) the tricks."""
+    from .diagnose import HEALTHY, MILD
+
+    out = [("diagnose: " + diagnosis.verdict, a.why, a.flags) for a in diagnosis.advice
+           if not a.flags.startswith(NOT_A_TRIAL)]
+    if diagnosis.verdict in (HEALTHY, MILD):
+        for what, flags, applies in TRICKS:
+            if applies(cfg):
+                flags = flags or f"--optim.warmup-epochs {max(cfg.epochs / 10, 0.1):g}"
+                out.append(("step 3 tricks", what, flags))
+    return [c for c in out if c[2] not in tried]
+
+
+def tune(args: TuneArgs) -> dict:
+    from .checks import run_checks
+    from .diagnose import diagnose
+    from .runs import read_run
+    from .sweep import sweep_lr
+
+    t = Tuner(args)
+    template = replace(args.train, resume=None)
+    # 1. the checks
+    results = run_checks(template, print_fn=say)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        t.decide("check", "shape, gradient and overfit checks", {}, "FAIL",
+                 "; ".join(f"{r.name}: {r.detail} ({r.hint})" for r in failed) + ": fix it before tuning")
+        return {"failed": [r.name for r in failed]}
+    t.decide("check", "shape, gradient and overfit checks", {}, "PASS", "the model can learn: go on")
+
+    # 2. the learning rate
+    if t.sweep is None:
+        sweep_cfg = replace(template, epochs=args.sweep_epochs)
+        t.sweep = sweep_lr(sweep_cfg, list(args.lrs), t.dir / "sweep-lr")
+    lr = t.sweep["recommended_lr"]
+    verdicts = {f"{r['lr']:g}": r["verdict"] for r in t.sweep["runs"]}
+    if lr is None:
+        lr = template.optim.lr
+        t.decide("sweep lr", f"{len(args.lrs)} rates, {args.sweep_epochs} epoch(s) each", {"verdicts": verdicts},
+                 f"kept lr {lr:g}", f"no healthy rate ({t.sweep['advice']}); the template's rate stays")
+    else:
+        t.decide("sweep lr", f"{len(args.lrs)} rates, {args.sweep_epochs} epoch(s) each", {"verdicts": verdicts},
+                 f"lr {lr:g}", t.sweep["advice"])
+
+    # 3. the template, then the baseline at the swept rate (with a warmup that fits the trial)
+    ref = t.run("trial_000", "the template, as given", "", template)
+    best = ref
+    base_cfg = replace(template, optim=replace(template.optim, lr=lr, min_lr=min(template.optim.min_lr, lr)))
+    changes = [f"lr {lr:g}"] if lr != template.optim.lr else []
+    if base_cfg.optim.warmup_epochs > base_cfg.epochs / 2:
+        warmup = max(base_cfg.epochs / 10, 0.1)
+        base_cfg = replace(base_cfg, optim=replace(base_cfg.optim, warmup_epochs=warmup))
+        changes.append(f"warmup {template.optim.warmup_epochs:g} -> {warmup:g} epochs (a tenth of the run)")
+    best_cfg = template
+    if changes and t.trials_left() > 0:
+        trial = t.run("trial_001", "baseline: " + ", ".join(changes), changed_flags(template, base_cfg), base_cfg)
+        best, best_cfg = keep_or_revert(t, "baseline", trial, best, base_cfg, best_cfg)
+
+    # 4. diagnose, change one thing, keep what helps
+    tried: set[str] = set()
+    while t.trials_left() > 0 and t.time_left_for_one():
+        run = read_run(best.run_dir)
+        d = diagnose(run.rows, run.config, run.steps, run.results)
+        options = candidates(d, best_cfg, tried)
+        if not options:
+            t.decide("diagnose", f"{best.name}: {d.verdict}", {}, "stop", "nothing left to try for this verdict")
+            break
+        step, what, flags = options[0]
+        tried.add(flags)
+        try:
+            cfg = apply_flags(best_cfg, flags)
+        except SystemExit:  # advice the config cannot take (a flag of another version): the next one
+            t.decide(step, what, {"flags": flags}, "skipped", "the flags do not parse on this config")
+            continue
+        trial = t.run(f"trial_{len(t.trials):03d}", what, flags, cfg)
+        best, best_cfg = keep_or_revert(t, step, trial, best, cfg, best_cfg)
+    else:
+        t.decide("budget", f"{len(t.trials)} trials", {}, "stop",
+                 "the trial budget is spent" if t.trials_left() <= 0 else "the time budget is spent")
+
+    # 5. the best config, its final run, and the test split scored once
+    final = best
+    if args.final_epochs and args.final_epochs != best_cfg.epochs:
+        final = t.run("final", f"the best config ({best.name}) for {args.final_epochs} epochs", "",
+                      replace(best_cfg, epochs=args.final_epochs))
+    test = score_test_once(final.run_dir)
+    summary = {"best_trial": best.name, "best_val_acc": best.best_val_acc, "template_val_acc": ref.best_val_acc,
+               "gain": (best.best_val_acc or 0) - (ref.best_val_acc or 0), "final_run": final.run_dir,
+               "final_val_acc": final.best_val_acc, "test": test,
+               "best_flags": changed_flags(template, best_cfg)}
+    t.decide("final", f"{final.name}", {"test_acc": test and test["accuracy"]}, "done",
+             f"best {best.name}: val {best.best_val_acc:.4f} against the template's {ref.best_val_acc:.4f}; "
+             f"the test split scored once: {test['accuracy']:.4f}" if test else "no test split to score")
+    if is_main():
+        record = json.loads((t.dir / "tune.json").read_text())
+        record["summary"] = summary
+        (t.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
+        (t.dir / "tune.md").write_text(tune_markdown(record))
+        plot_tune(record, t.dir / "tune.png")
+        say(f"tune: best {best.name} (val {best.best_val_acc:.4f}, template {ref.best_val_acc:.4f}); flags: "
+            f"{summary['best_flags'] or '(the template)'} -> {t.dir / 'tune.md'}")
+    return summary
+
+
+def keep_or_revert(t: Tuner, step: str, trial: Trial, best: Trial, cfg: TrainConfig, best_cfg: TrainConfig):
+    """(best trial, best config) after one trial: kept only when it beats the best by more than the noise."""
+    if trial.best_val_acc is None:
+        t.decide(step, trial.what, {"trial": trial.name, "error": trial.error}, "reverted",
+                 f"the run diverged ({trial.error})")
+        return best, best_cfg
+    margin = noise(trial.best_val_acc, best.best_val_acc, min(trial.num_val, best.num_val))
+    gain = trial.best_val_acc - best.best_val_acc
+    numbers = {"trial": trial.name, "val_acc": trial.best_val_acc, "best_val_acc": best.best_val_acc,
+               "gain": gain, "noise": margin}
+    if gain > margin:
+        t.decide(step, trial.what, numbers, "kept",
+                 f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: +{gain:.4f} > noise {margin:.4f}")
+        return trial, cfg
+    t.decide(step, trial.what, numbers, "reverted",
+             f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f} is within noise {margin:.4f}"
+             if gain > 0 else f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f}, no better")
+    return best, best_cfg
+
+
+def score_test_once(run_dir: str) -> Optional[dict]:
+    """The final run's best weights on the test split (vitdist eval), or None when the data has none."""
+    from .evaluate import EvalArgs, evaluate_run
+    from .runs import run_config
+
+    cfg = run_config(run_dir)
+    try:
+        return evaluate_run(EvalArgs(run_dir=run_dir, split="test", data=cfg.data))
+    except UserError as e:
+        if "has no test split" in str(e):
+            return None
+        raise
+
+
+def changed_flags(template: TrainConfig, cfg: TrainConfig) -> str:
+    from .presets import as_flag, changed_fields
+
+    return " ".join(as_flag(k, new) for k, (_, new) in changed_fields(cfg, template).items()
+                    if k not in ("run_dir", "resume"))
+
+
+def tune_markdown(record: dict) -> str:
+    lines = ["# vitdist tune", ""]
+    s = record.get("summary")
+    if s:
+        test = f"{s['test']['accuracy']:.4f}" if s.get("test") else "no test split"
+        lines += [f"Best: **{s['best_trial']}**, validation accuracy {s['best_val_acc']:.4f} against the template's "
+                  f"{s['template_val_acc']:.4f} ({s['gain']:+.4f}). Test accuracy of the final run, scored once: "
+                  f"{test}.", "", f"Flags over the template: `{s['best_flags'] or '(none)'}`", ""]
+    lines += [f"A change is kept when it beats the best so far by more than {record['noise_z']:g} binomial standard "
+              f"errors of the difference of two validation accuracies.", "", "## Decisions", "",
+              "| # | step | change | result | why |", "|---|---|---|---|---|"]
+    for i, d in enumerate(record["decisions"], 1):
+        lines.append(f"| {i} | {d['step']} | {d['what']} | {d['result']} | {d['why']} |")
+    lines += ["", "## Trials", "", "| trial | change | flags | best val acc | minutes |", "|---|---|---|---|---|"]
+    for tr in record["trials"]:
+        acc = f"{tr['best_val_acc']:.4f}" if tr["best_val_acc"] is not None else f"error: {tr['error']}"
+        lines.append(f"| {tr['name']} | {tr['what']} | `{tr['flags']}` | {acc} | {tr['seconds'] / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tune(record: dict, out: Path) -> Path:
+    """Best validation accuracy so far against the trial number, each trial's own as a dot."""
+    from .plots import plot_best_so_far
+
+    accs = [t["best_val_acc"] for t in record["trials"]]
+    return plot_best_so_far(accs, [t["name"] for t in record["trials"]], out,
+                            f"vitdist tune: best validation accuracy so far ({len(accs)} trials)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import exit_on_user_error
+    from .presets import parse_with_preset
+
+    with exit_on_user_error():
+        args = parse_with_preset(TuneArgs, argv, "vitdist tune",
+                                 "The checklist's order of work under a budget: check, sweep the rate, a baseline, "
+                                 "then diagnose and change one thing at a time, keeping what helps.")
+        for name in ("budget_trials", "sweep_epochs"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        summary = tune(args)
+    return 1 if "failed" in summary else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
