@@ -392,6 +392,12 @@ def model_card(model: VisionTransformer, info: RunInfo, folder: Path) -> str:
                   f"split ({held_out}), never on test. "
                   + ("The test split was scored once, with these weights, after training." if tested else
                      "The test split was not scored with them."))
+        if results.get("weights") == "ema":
+            chosen += (f" They are the moving average of the weights (EMA, decay {info.config.ema.decay:g}), which "
+                       f"scored better on validation than the raw weights that epoch.")
+    elif info.weights == "ema":
+        chosen = (f"The moving average of the weights (EMA, decay {info.config.ema.decay:g}) at the run's last "
+                  f"checkpoint, epoch {info.epoch} (`--weights ema`). The test split was not scored with them.")
     else:
         chosen = (f"The run's last checkpoint, epoch {info.epoch}: not selected on validation (`--weights last`). "
                   f"The test split was not scored with them.")
