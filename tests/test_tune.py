@@ -146,3 +146,21 @@ def test_a_real_tune_on_synthetic_data(tmp_path):
     assert all((tmp_path / "t" / t["name"] / "metrics.jsonl").is_file() for t in record["trials"])
     plot = run_cli("plot", tmp_path / "t", timeout=120)
     assert plot.returncode == 0 and (tmp_path / "t" / "curves.png").is_file(), plot.stderr
+
+
+def test_with_wandb_the_trials_share_a_group_and_the_decisions_are_a_table(tmp_path, planted, monkeypatch):
+    import glob
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    seen = []
+    real = tune_mod.train_trial
+    monkeypatch.setattr(tune_mod, "train_trial", lambda cfg: (seen.append(cfg.log.wandb_group), real(cfg))[1])
+    args = tune_args(tmp_path, budget_trials=20)
+    args = replace(args, train=replace(args.train, log=replace(args.train.log, wandb=True)))
+    tune_mod.tune(args)
+    assert set(seen) == {"tune-tune"} and len(seen) == 5
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    (table,) = glob.glob(str(tmp_path / "tune" / "wandb" / "offline-run-*" / "files" / "media" / "table" / "tune" /
+                              "decisions_*.json"))
+    rows = json.loads(open(table).read())["data"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(d["step"], d["what"], d["result"]) for d in record["decisions"]]

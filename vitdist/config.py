@@ -208,6 +208,8 @@ class LogConfig:
     """W&B run name; default: the run folder's name."""
     wandb_tags: tuple[str, ...] = ()
     """W&B tags."""
+    wandb_group: Optional[str] = None
+    """W&B group: runs that belong together (`vitdist tune` puts its trials in one, named after the tune folder)."""
     tensorboard: bool = True
     """Write TensorBoard event files into RUN_DIR/tensorboard."""
     progress: bool = True

@@ -227,6 +227,7 @@ def train(cfg: TrainConfig) -> dict:
     if trackers:
         accelerator.init_trackers(cfg.log.wandb_project, config=flat_config(cfg, derived), init_kwargs={
             "wandb": {"name": cfg.log.wandb_name or run_dir.resolve().name, "tags": list(cfg.log.wandb_tags),
+                      "group": cfg.log.wandb_group,
                       "dir": str(run_dir)}})
     accelerator.print(f"vitdist: {derived.num_params:,} parameters; {data.source}: {derived.num_train} train / "
                       f"{derived.num_val} val / {derived.num_test} test; {world_size} process(es) x micro-batch "

@@ -136,7 +136,8 @@ class Tuner:
         if not is_main():
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        record = {"template": to_dict(self.args.train), "noise_z": NOISE_Z, "sweep": self.sweep,
+        record = {"tune_dir": str(self.dir), "template": to_dict(self.args.train), "noise_z": NOISE_Z,
+                  "sweep": self.sweep,
                   "trials": [t.__dict__ for t in self.trials], "decisions": self.decisions,
                   "minutes": (time.perf_counter() - self.t0) / 60}
         (self.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -199,6 +200,8 @@ def tune(args: TuneArgs) -> dict:
 
     t = Tuner(args)
     template = replace(args.train, resume=None)
+    if template.log.wandb and template.log.wandb_group is None:  # the trials side by side in W&B
+        template = replace(template, log=replace(template.log, wandb_group=f"tune-{t.dir.resolve().name}"))
     # 1. the checks
     results = run_checks(template, print_fn=say)
     failed = [r for r in results if not r.passed]
@@ -277,6 +280,8 @@ def tune(args: TuneArgs) -> dict:
         (t.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
         (t.dir / "tune.md").write_text(tune_markdown(record))
         plot_tune(record, t.dir / "tune.png")
+        if template.log.wandb:
+            log_decisions(record, template)
         say(f"tune: best {best.name} (val {best.best_val_acc:.4f}, template {ref.best_val_acc:.4f}); flags: "
             f"{summary['best_flags'] or '(the template)'} -> {t.dir / 'tune.md'}")
     return summary
@@ -300,6 +305,22 @@ def keep_or_revert(t: Tuner, step: str, trial: Trial, best: Trial, cfg: TrainCon
              f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f} is within noise {margin:.4f}"
              if gain > 0 else f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f}, no better")
     return best, best_cfg
+
+
+def log_decisions(record: dict, template: TrainConfig) -> None:
+    """The decisions as a W&B table, in a run of their own in the trials' group (offline: in the tune folder)."""
+    import wandb
+
+    columns = ["step", "change", "result", "why", "trial", "val_acc", "best_val_acc", "noise"]
+    table = wandb.Table(columns=columns, data=[[d["step"], d["what"], d["result"], d["why"], d.get("trial"),
+                                                d.get("val_acc"), d.get("best_val_acc"), d.get("noise")]
+                                               for d in record["decisions"]])
+    folder = Path(record["tune_dir"])
+    run = wandb.init(project=template.log.wandb_project, group=template.log.wandb_group,
+                     name=f"{folder.name}-decisions", job_type="tune", dir=str(folder),
+                     config={"summary": record.get("summary")})
+    run.log({"tune/decisions": table})
+    run.finish()
 
 
 def score_test_once(run_dir: str) -> Optional[dict]:
