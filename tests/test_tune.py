@@ -164,3 +164,28 @@ def test_with_wandb_the_trials_share_a_group_and_the_decisions_are_a_table(tmp_p
                               "decisions_*.json"))
     rows = json.loads(open(table).read())["data"]
     assert [(r[0], r[1], r[2]) for r in rows] == [(d["step"], d["what"], d["result"]) for d in record["decisions"]]
+
+
+def test_a_change_that_would_not_fit_the_time_left_is_skipped_not_the_tune(tmp_path, planted, monkeypatch):
+    """With 50 minutes, a change expected to take 100 (a bigger model, say) is skipped with its figures, and the
+    tune goes on with what is left to try."""
+    monkeypatch.setattr(tune_mod.Tuner, "expected_minutes",
+                        lambda self, cfg: 100.0 if cfg.optim.weight_decay == 1e-3 else 1.0)
+    tune_mod.tune(tune_args(tmp_path, budget_trials=20, budget_minutes=50))
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    skipped = [d for d in record["decisions"] if d["result"] == "skipped"]
+    assert [d["what"] for d in skipped] == ["more weight decay"]
+    assert "would likely take 100.0 min" in skipped[0]["why"]
+    assert "weight_decay" not in json.dumps([t["flags"] for t in record["trials"]])
+    # the planted diagnosis has nothing else for this config: the tune goes on to its end, not into the budget
+    assert [d["result"] for d in record["decisions"][-2:]] == ["stop", "done"]
+
+
+def test_expected_minutes_scale_with_the_models_flops(tmp_path):
+    t = tune_mod.Tuner(tune_args(tmp_path))
+    small = tiny_config(tmp_path, epochs=10)
+    t.trials.append(tune_mod.Trial("a", "", "", json.loads(json.dumps(tune_mod.to_dict(small))), "", 0.5, 100, 600.0))
+    wide = replace(small, model=replace(small.model, embed_dim=64, dim_feedforward=128))
+    assert t.expected_minutes(small) == pytest.approx(10.0)
+    assert 3.0 < t.expected_minutes(wide) / t.expected_minutes(small) < 4.5  # twice as wide: ~4x the FLOPs
+    assert t.expected_minutes(replace(small, epochs=5)) == pytest.approx(5.0)

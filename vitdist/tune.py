@@ -33,7 +33,7 @@ from typing import Annotated, Optional
 
 import tyro
 
-from .config import TrainConfig, UserError, to_dict
+from .config import TrainConfig, UserError, from_dict, to_dict
 from .trials import is_main, say, train_trial
 
 NOISE_Z = 2.0  # a kept change beats the best by more than this many standard errors of the difference
@@ -120,12 +120,23 @@ class Tuner:
     def trials_left(self) -> int:
         return self.args.budget_trials - len(self.trials) - (len(self.sweep["runs"]) if self.sweep else 0)
 
-    def time_left_for_one(self) -> bool:
+    def expected_minutes(self, cfg: TrainConfig) -> float:
+        """A trial's likely length: the trials so far, in seconds per (FLOP of an image x epoch), scaled to cfg's
+        model and epochs; a wider or deeper model costs what its FLOPs say."""
+        from .flops import train_flops_per_image
+
+        cost = lambda c: train_flops_per_image(c.model, 10) * c.epochs  # noqa: E731 - the class count barely moves it
+        ran = [t.seconds / cost(from_dict(t.config)) for t in self.trials if t.seconds > 0]
+        return (sum(ran) / len(ran) * cost(cfg) / 60) if ran else 0.0
+
+    def minutes_left(self) -> float:
         if self.args.budget_minutes <= 0:
-            return True
-        ran = [t.seconds for t in self.trials if t.seconds > 0]
-        expected = sum(ran) / len(ran) if ran else 0.0
-        return agree((time.perf_counter() - self.t0 + expected) / 60 <= self.args.budget_minutes)
+            return math.inf
+        return self.args.budget_minutes - (time.perf_counter() - self.t0) / 60
+
+    def fits(self, cfg: TrainConfig) -> bool:
+        """Whether a trial of cfg likely ends within the time budget (rank 0's clock decides for all)."""
+        return agree(self.expected_minutes(cfg) <= self.minutes_left())
 
     def decide(self, step: str, what: str, numbers: dict, result: str, why: str) -> None:
         self.decisions.append({"step": step, "what": what, **numbers, "result": result, "why": why})
@@ -235,13 +246,13 @@ def tune(args: TuneArgs) -> dict:
         base_cfg = replace(base_cfg, optim=replace(base_cfg.optim, warmup_epochs=warmup))
         changes.append(f"warmup {template.optim.warmup_epochs:g} -> {warmup:g} epochs (a tenth of the run)")
     best_cfg = template
-    if changes and t.trials_left() > 0:
+    if changes and t.trials_left() > 0 and t.fits(base_cfg):
         trial = t.run("trial_001", "baseline: " + ", ".join(changes), changed_flags(template, base_cfg), base_cfg)
         best, best_cfg = keep_or_revert(t, "baseline", trial, best, base_cfg, best_cfg)
 
     # 4. diagnose, change one thing, keep what helps
     tried: set[str] = set()
-    while t.trials_left() > 0 and t.time_left_for_one():
+    while t.trials_left() > 0 and t.minutes_left() > 0:
         run = read_run(best.run_dir)
         d = diagnose(run.rows, run.config, run.steps, run.results)
         options = candidates(d, best_cfg, tried)
@@ -254,6 +265,10 @@ def tune(args: TuneArgs) -> dict:
             cfg = apply_flags(best_cfg, flags)
         except SystemExit:  # advice the config cannot take (a flag of another version): the next one
             t.decide(step, what, {"flags": flags}, "skipped", "the flags do not parse on this config")
+            continue
+        if not t.fits(cfg):  # a bigger model may not fit what is left; a cheaper change still might
+            t.decide(step, what, {"flags": flags}, "skipped", f"it would likely take {t.expected_minutes(cfg):.1f} "
+                                                             f"min and {t.minutes_left():.1f} are left")
             continue
         trial = t.run(f"trial_{len(t.trials):03d}", what, flags, cfg)
         best, best_cfg = keep_or_revert(t, step, trial, best, cfg, best_cfg)
