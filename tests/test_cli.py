@@ -105,6 +105,9 @@ def test_presets_command_lists_real_counts():
     assert out.returncode == 0
     assert "0.82M" in out.stdout and "4.80M" in out.stdout and "19.03M" in out.stdout
     assert "--data.no-augment" in out.stdout
+    # the recipes: their sources' sizes (3.7M and 6.3M), what they aim at, and that no run here has measured it
+    assert "3.72M" in out.stdout and "6.27M" in out.stdout
+    assert out.stdout.count("here: not yet run here") == 2 and "Compact Transformers" in out.stdout
 
 
 def test_every_entry_point_answers():

@@ -209,7 +209,8 @@ def run_checks(cfg: TrainConfig, samples: int = OVERFIT_SAMPLES, max_steps: int 
     t0 = time.perf_counter()
     # No augmentation or mixing: the checks see the samples themselves, normalized as training would.
     data_cfg = replace(cfg.data, train_subset=samples, train_eval_size=samples, augment=False, color_jitter=False,
-                       mixup_alpha=0.0, cutmix_alpha=0.0)
+                       mixup_alpha=0.0, cutmix_alpha=0.0, rand_augment=None, trivial_augment=False,
+                       random_erasing=0.0)
     data = load_data(data_cfg, cfg.model.img_size, cfg.seed)
     images = BatchAugment(data_cfg, data.num_classes).normalize(data.train.images)
     labels = data.train.labels

@@ -119,6 +119,14 @@ class DataConfig:
     """Padding of the random crop, in pixels."""
     color_jitter: bool = False
     """Add ColorJitter(0.2, 0.2, 0.2, 0.1) (a stronger augmentation against overfitting)."""
+    rand_augment: Optional[str] = None
+    """N,M: RandAugment with N ops at magnitude M of 31 bins (torchvision's ops and tables; e.g. 2,9), each image
+    drawing its own ops, on the training device, after crop and flip (vitdist/augment.py)."""
+    trivial_augment: bool = False
+    """TrivialAugmentWide: one op at a random magnitude per image, drawn per image, on the training device."""
+    random_erasing: float = 0.0
+    """Erase a random rectangle of each image with this probability (torchvision's RandomErasing, after
+    normalization: the erased area is the mean colour); 0 turns it off (0.25 is common)."""
     mixup_alpha: float = 0.0
     """MixUp's Beta(alpha, alpha); 0 turns it off (0.8 is common)."""
     cutmix_alpha: float = 0.0
@@ -146,9 +154,24 @@ class DataConfig:
             _require(value is None or value > 0, f"--data.{name.replace('_', '-')} must be > 0, got {value}")
         _require(self.num_workers is None or self.num_workers >= 0,
                  f"--data.num-workers must be >= 0, got {self.num_workers}")
+        _require(self.rand_augment is None or self.rand_augment_ops is not None,
+                 f"--data.rand-augment {self.rand_augment}: give N,M (ops per image, magnitude 0-30), e.g. 2,9")
+        _require(not (self.rand_augment and self.trivial_augment),
+                 "--data.rand-augment and --data.trivial-augment are alternatives: pick one")
+        _require(0.0 <= self.random_erasing <= 1.0, f"--data.random-erasing must be in [0, 1], got "
+                                                    f"{self.random_erasing}")
         _require(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0,
                  f"--data.mixup-alpha and --data.cutmix-alpha must be >= 0, got {self.mixup_alpha}, "
                  f"{self.cutmix_alpha}")
+
+    @property
+    def rand_augment_ops(self) -> Optional[tuple[int, int]]:
+        """(N, M) of --data.rand-augment N,M; None when off or malformed."""
+        try:
+            n, m = (int(v) for v in str(self.rand_augment).split(","))
+        except ValueError:
+            return None
+        return (n, m) if n >= 1 and 0 <= m <= 30 else None
 
     @property
     def mixes(self) -> bool:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from .augment import BatchRandAugment, BatchTrivialAugmentWide, RandomErasing
 from .config import DataConfig, UserError
 
 DEFAULT_ROOT = Path(os.environ.get("VITDIST_CACHE", "~/.cache/vitdist")).expanduser()
@@ -373,8 +374,9 @@ COLOR_JITTER = (0.2, 0.2, 0.2, 0.1)
 
 
 class BatchAugment(nn.Module):
-    """uint8 batch -> normalized float batch, with per-sample random crop and flip, optional ColorJitter,
-    and Mixup/CutMix (torchvision v2) turning labels into soft targets.
+    """uint8 batch -> normalized float batch, with per-sample random crop and flip, optional RandAugment or
+    TrivialAugmentWide (per image, augment.py), ColorJitter, RandomErasing (per image, after normalization), and
+    Mixup/CutMix (torchvision v2) turning labels into soft targets.
 
     torchvision's v2 RandomCrop/RandomHorizontalFlip/ColorJitter draw one set of parameters per call, the same
     for the whole batch; per-sample crop and flip (a gather and a where, as airbench does) and colour jitter
@@ -387,6 +389,12 @@ class BatchAugment(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
         self.jitter = COLOR_JITTER if cfg.color_jitter else None
+        self.auto = None  # RandAugment / TrivialAugmentWide, each image its own draw (augment.py)
+        if cfg.rand_augment_ops is not None:
+            self.auto = BatchRandAugment(*cfg.rand_augment_ops)
+        elif cfg.trivial_augment:
+            self.auto = BatchTrivialAugmentWide()
+        self.erase = RandomErasing(cfg.random_erasing) if cfg.random_erasing > 0 else None
         mixers = []
         if cfg.mixup_alpha > 0:
             mixers.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
@@ -403,10 +411,14 @@ class BatchAugment(nn.Module):
             x = random_crop(x, self.cfg.crop_padding)
             flip = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.auto is not None:
+            x = self.auto(x)
         x = x.float() / 255.0
         if self.jitter is not None:
             x = color_jitter(x, *self.jitter)
         x = (x - self.mean) / self.std
+        if self.erase is not None:
+            x = self.erase(x)
         if self.mix is not None:
             x, y = self.mix(x, y)
         return x, y
