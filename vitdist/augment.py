@@ -8,13 +8,13 @@ written here because torchvision's functional ops take one magnitude per call (D
 follow torchvision's uint8 tensor kernels to the bit: the same float32 operations in the same order, fused
 multiply-adds where its kernels fuse them (_fma), the same rounding and truncation.
 
-Ops that share their code share a pass (PASSES): a lookup table per (sample, channel) for the pointwise ops, one
-blend with the luma for Color and Contrast, one grid_sample with an affine matrix per sample for the geometric
-ops (nearest, fill 0: torchvision's defaults), Equalize and Sharpness alone; a round is six passes whatever the
-batch size. On an accelerator each pass runs on the whole batch and torch.where keeps each sample's own result:
-running a pass on its samples only would need their count on the host (DESIGN rule 10). On the CPU, where host
-and device are one, the batch is sorted by pass and each pass runs on its own slice, which is what makes it fast
-there. Both give the same images.
+Ops that share their code share a pass (PASSES), so a round is six passes whatever the batch size: a lookup
+table per (sample, channel) for the ops that map each value alone, Equalize, a blend with the luma for Color and
+Contrast, Sharpness, and a gather for the geometric ops (nearest, fill 0: torchvision's defaults), whose source
+pixels torchvision's own grid and grid_sample find once per image size (_build_tables). On an accelerator each
+pass runs on the whole batch and torch.where keeps each sample's own result: running a pass on its samples only
+would need their count on the host (DESIGN rule 10). On the CPU, where host and device are one, the batch is
+sorted by pass and each pass runs on its own slice, which is what makes it fast there. Both give the same images.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from torchvision.transforms import v2
 # An op's pass is the index of its tuple here, its kind its index in the tuple.
 PASSES = (
     ("Identity",),
-    ("Posterize", "Solarize", "Brightness", "AutoContrast", "Invert"),  # a lookup table per (sample, channel)
+    ("Posterize", "Solarize", "Brightness", "Invert", "AutoContrast"),  # a lookup table per (sample, channel)
     ("Equalize",),  # a lookup table from each channel's histogram
-    ("Color", "Contrast"),  # blends with the luma, or its mean
-    ("Sharpness",),
-    ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"),  # one grid_sample
+    ("Color", "Contrast"),  # a blend with the luma, or its mean
+    ("Sharpness",),  # a blend with a smoothed image
+    ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"),  # a gather of source pixels
 )
 _PASS_OF = {name: (p, k) for p, names in enumerate(PASSES) for k, name in enumerate(names)}
+_GEOMETRIC, _AUTOCONTRAST, _COLOR = len(PASSES) - 1, _PASS_OF["AutoContrast"][1], _PASS_OF["Color"][1]
 
 
 def _f32(v: float) -> float:
@@ -48,17 +49,15 @@ _GRAY_G, _GRAY_B = _f32(0.587), _f32(0.114)
 
 
 class _Tables(NamedTuple):
-    """Per-op parameters on the device, for one image size; indexed [op] or [op, bin, negative]."""
-    pass_of: torch.Tensor  # (ops,) long: index into PASSES
-    kind: torch.Tensor  # (ops,) long: index in that pass's tuple
-    theta: torch.Tensor  # (ops, bins, 2, 2, 3) float32: output -> input pixel coordinates, about the centre
-    ratio: torch.Tensor  # (ops, bins, 2) float32: the blend's weight of the image (Brightness: the factor)
-    alpha: torch.Tensor  # (ops, bins, 2) float32: the blend's weight of the other image, 1 - ratio
-    threshold: torch.Tensor  # (ops, bins, 2) float32: Solarize inverts values >= this
-    bits_mask: torch.Tensor  # (ops, bins, 2) long: Posterize keeps these bits
+    """Parameters on the device for one image size, a row per key (op * bins + bin) * 2 + negative."""
+    pass_of: torch.Tensor  # (K,) long: index into PASSES
+    kind: torch.Tensor  # (K,) long: index in that pass's tuple
+    ratio: torch.Tensor  # (K,) float32: a blend's weight of the image
+    alpha: torch.Tensor  # (K,) float32: a blend's weight of the other image, 1 - ratio
+    lut: torch.Tensor  # (K, 256) uint8: the ops that map each value alone (_level_table)
+    source_row: torch.Tensor  # (K,) long: the key's row of source (geometric ops; the others the identity)
+    source: torch.Tensor  # (G + 1, H * W) int32: the pixel each output pixel copies, H * W for the fill
     levels: torch.Tensor  # (256,) long: the uint8 values
-    base_grid: torch.Tensor  # (1, H * W, 3) float32: pixel centres (x, y, 1) about the image centre
-    half_size: torch.Tensor  # (2,) float32: (W / 2, H / 2), from pixels to grid_sample's [-1, 1]
 
 
 def _inverse_affine(angle: float, translate: tuple[float, float], shear: tuple[float, float],
@@ -91,49 +90,70 @@ def _op_params(name: str, m: float, height: int, width: int) -> dict:
         return dict(theta=_inverse_affine(0.0, shift, (0.0, 0.0), (0.0, 0.0)))
     if name == "Rotate":  # F.rotate turns by -(angle mod 360) in F.affine's terms
         return dict(theta=_inverse_affine(-(m % 360), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)))
-    if name in ("Brightness", "Color", "Contrast"):  # factor 1 + m: x * factor + other * (1 - factor)
+    if name in ("Color", "Contrast"):  # factor 1 + m: x * factor + other * (1 - factor)
         return dict(ratio=1.0 + m, alpha=1.0 - (1.0 + m))
-    if name == "Sharpness":  # x + (1 - factor) * (blur - x)
+    if name == "Sharpness":  # x + (1 - factor) * (smooth - x)
         return dict(alpha=1.0 - (1.0 + m))
-    if name == "Posterize":
-        return dict(bits_mask=(0xFF << (8 - int(m))) & 0xFF)
-    if name == "Solarize":
-        return dict(threshold=255 * m)
+    if name in ("Posterize", "Solarize", "Brightness", "Invert"):
+        return dict(lut=_level_table(name, m))
     return {}
 
 
+def _level_table(name: str, m: float) -> torch.Tensor:
+    """(256,) what op name at magnitude m makes of each value, by torchvision's float32 arithmetic (its kernels
+    round a Python-float argument to float32, then compare or multiply, then truncate)."""
+    v = torch.arange(256)
+    if name == "Posterize":  # keep the top int(m) bits
+        return v & ((0xFF << (8 - int(m))) & 0xFF)
+    if name == "Solarize":  # invert values >= 255 * m
+        return torch.where(v >= torch.tensor(255 * m, dtype=torch.float32), 255 - v, v)
+    if name == "Brightness":
+        return (v * torch.tensor(1.0 + m, dtype=torch.float32)).clamp(0, 255).to(torch.uint8)
+    return 255 - v  # Invert
+
+
 def _build_tables(space: dict, num_bins: int, height: int, width: int, device: torch.device) -> _Tables:
-    """Each (op, bin, sign)'s parameters, computed on the host in double precision from torchvision's
-    magnitudes, then rounded to float32 as its kernels round their Python-float arguments."""
-    unknown = [name for name in space if name not in _PASS_OF]
-    if unknown:
-        raise ValueError(f"torchvision's ops {unknown} are not implemented in vitdist.augment")
-    # Defaults leave an image as it is: every pass may run on samples of other ops (and discard the result).
-    defaults = dict(theta=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], ratio=1.0, alpha=0.0, threshold=256.0, bits_mask=0xFF)
-    rows = {key: [] for key in defaults}
+    """Each key's parameters, from torchvision's magnitudes in double precision as its transforms compute
+    them, rounded to float32 as its kernels round their Python-float arguments.
+
+    A geometric op with nearest sampling copies, for each output pixel, one input pixel or the fill: which one
+    depends only on the op, its magnitude and the image size. So torchvision's own procedure (its grid of pixel
+    centres through the key's matrix, grid_sample) runs here once per key on an image of pixel numbers, and a
+    step is a gather. Memory: 5 ops x bins x 2 signs maps of H x W int32 (1.3 MB at 32x32, 31 bins).
+    """
+    # Defaults leave an image as it is: on an accelerator every pass also runs on other ops' samples.
+    defaults = dict(theta=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], ratio=1.0, alpha=0.0, lut=torch.arange(256))
+    rows = {column: [] for column in (*defaults, "pass_of", "kind")}
     for name, (magnitudes_fn, signed) in space.items():
         magnitudes = magnitudes_fn(num_bins, height, width)
         for b in range(num_bins):
-            for negative in (False, True):
+            for negative in (False, True):  # rows in key order
                 m = 0.0 if magnitudes is None else float(magnitudes[b])
                 params = {**defaults, **_op_params(name, -m if signed and negative else m, height, width)}
-                for key, value in params.items():
-                    rows[key].append(value)
+                for column, value in (*params.items(), *zip(("pass_of", "kind"), _PASS_OF[name])):
+                    rows[column].append(value)
     f32 = dict(dtype=torch.float32, device=device)
-    shape = (len(space), num_bins, 2)
+    pass_of = torch.tensor(rows["pass_of"], device=device)
+    geometric = (pass_of == _GEOMETRIC).nonzero().squeeze(1)  # (G,) keys; building the tables may read the device
+    # The geometric keys' matrices, and the identity last: the row of every other key.
+    theta = torch.tensor(rows["theta"] + [defaults["theta"]], **f32).view(-1, 2, 3)
+    theta = theta.index_select(0, torch.cat([geometric, geometric.new_full((1,), len(pass_of))]))
+    # torchvision's _affine_grid: pixel centres (x, y, 1) about the image centre, through theta, over (W/2, H/2).
     x = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, **f32)
     y = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, **f32)
-    base_grid = torch.stack([x.expand(height, width), y[:, None].expand(height, width),
-                             torch.ones(height, width, **f32)], -1).view(1, height * width, 3)
+    base = torch.stack([x.expand(height, width), y[:, None].expand(height, width),
+                        torch.ones(height, width, **f32)], -1).view(1, height * width, 3)
+    half_size = torch.tensor([width * 0.5, height * 0.5], **f32)
+    grid = base.expand(len(theta), -1, -1).bmm(theta.transpose(1, 2) / half_size).view(-1, height, width, 2)
+    numbers = torch.arange(1, height * width + 1, **f32).view(1, 1, height, width).expand(len(theta), -1, -1, -1)
+    picked = F.grid_sample(numbers, grid, mode="nearest", padding_mode="zeros", align_corners=False).flatten(1)
+    source_row = torch.full_like(pass_of, len(geometric))
+    source_row[geometric] = torch.arange(len(geometric), device=device)
     return _Tables(
-        pass_of=torch.tensor([_PASS_OF[name][0] for name in space], device=device),
-        kind=torch.tensor([_PASS_OF[name][1] for name in space], device=device),
-        theta=torch.tensor(rows["theta"], **f32).view(*shape, 2, 3),
-        ratio=torch.tensor(rows["ratio"], **f32).view(shape), alpha=torch.tensor(rows["alpha"], **f32).view(shape),
-        threshold=torch.tensor(rows["threshold"], **f32).view(shape),
-        bits_mask=torch.tensor(rows["bits_mask"], device=device).view(shape),
-        levels=torch.arange(256, device=device), base_grid=base_grid,
-        half_size=torch.tensor([width * 0.5, height * 0.5], **f32))
+        pass_of=pass_of, kind=torch.tensor(rows["kind"], device=device), ratio=torch.tensor(rows["ratio"], **f32),
+        alpha=torch.tensor(rows["alpha"], **f32), lut=torch.stack(rows["lut"]).to(device, torch.uint8),
+        source_row=source_row, source=torch.where(picked == 0, height * width, picked - 1).int(),
+        levels=torch.arange(256, device=device))
 
 
 def _subsets(device: torch.device) -> bool:
@@ -141,117 +161,121 @@ def _subsets(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def _per_sample(table: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """A 1-D table's value for each sample's key, (B, 1, 1, 1) to broadcast over an image batch."""
+    return table.index_select(0, key).view(-1, 1, 1, 1)
+
+
 def _fma(a: torch.Tensor, b, c: torch.Tensor) -> torch.Tensor:
-    """a * b + c rounded once to float32, as torchvision's `add_(other, alpha=...)` computes it: its CPU
-    (AVX2/AVX512) and CUDA kernels fuse the multiply-add; rounding the product first differs in the last bit,
-    which the truncation to uint8 turns into a whole level where the result is near an integer (grey pixels
-    under Color). The float64 product of two float32 numbers is exact, and so is its sum with c for the values
-    here (blends of uint8 values), so one rounding to float32 remains."""
+    """a * b + c rounded once to float32, as torchvision's `add_(other, alpha=...)` computes it: the vectorized
+    loops of its CPU kernels (AVX2/AVX512 fmadd) fuse the multiply-add, and so does CUDA (nvcc contracts
+    a + alpha * b). Rounding the product first differs in the last bit, which the truncation to uint8 turns into
+    a whole level where the result is near an integer (grey pixels under Color). The float64 product of two
+    float32 numbers is exact, and so is its sum with c for the values here (blends of uint8 values), so one
+    rounding to float32 remains.
+
+    The CPU kernels' scalar loop, for the last (row length mod 2 x SIMD width) elements, may not fuse: where
+    H * W is not a multiple of 32, Color, Contrast or Sharpness can then differ from torchvision's CPU result by
+    one level at a rare pixel (measured: none at 13x17, 5e-6 of the pixels at 7x9, 4e-4 at 3x3)."""
     if torch.is_tensor(b):
         return torch.addcmul(c.double(), a.double(), b.double()).float()
     return c.double().add_(a.double(), alpha=b).float()
 
 
-def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) through a table (B, C or 1, 256) per (sample, channel)."""
-    n, c, h, w = x.shape
-    return lut.to(torch.uint8).expand(n, c, 256).gather(2, x.reshape(n, c, h * w).long()).view(n, c, h, w)
-
-
-def _lookup_pass(t: _Tables, x, ops, bins, negative):
-    """Posterize, Solarize, Brightness, AutoContrast, Invert: each a function of the value per (sample, channel),
-    computed on the 256 levels as torchvision computes it on the pixels."""
-    v, kind = t.levels, t.kind[ops][:, None, None]  # kind (B, 1, 1)
-    posterized = v & t.bits_mask[ops, bins, negative][:, None, None]
-    solarized = torch.where(v >= t.threshold[ops, bins, negative][:, None, None], 255 - v, v)
-    brightened = (v * t.ratio[ops, bins, negative][:, None, None]).clamp(0, 255)  # float32, truncated below
-    # AutoContrast stretches each channel's range to [0, 255]; a flat channel stays as it is.
+def _lookup_pass(t: _Tables, x, key):
+    """Posterize, Solarize, Brightness, Invert through a table per (op, magnitude) made once (_level_table);
+    AutoContrast through one per (sample, channel) that stretches its range to [0, 255]."""
     lo, hi = x.amin((2, 3)).float()[..., None], x.amax((2, 3)).float()[..., None]  # (B, C, 1)
-    flat = hi == lo
+    flat = hi == lo  # a flat channel stays as it is
     scale = torch.where(flat, 1.0, (hi - lo) * (1.0 / 255))  # torchvision divides by this, not * 255
-    stretched = ((v - torch.where(flat, 0.0, lo)) / scale).clamp(0, 255)
-    lut = torch.where(kind == 0, posterized, torch.where(kind == 1, solarized, torch.where(
-        kind == 2, brightened.long(), torch.where(kind == 3, stretched.long(), 255 - v))))
-    return _apply_lut(x, lut)
+    stretched = ((t.levels - torch.where(flat, 0.0, lo)) / scale).clamp(0, 255).to(torch.uint8)
+    autocontrast = _per_sample(t.kind, key)[:, 0] == _AUTOCONTRAST  # (B, 1, 1)
+    lut = torch.where(autocontrast, stretched, t.lut.index_select(0, key)[:, None])  # (B, C, 256)
+    return _apply_lut(x, x.flatten(2).long(), lut)
 
 
-def _equalize_pass(t: _Tables, x, ops, bins, negative):
-    """Equalize: PIL's ImageOps.equalize table per channel, as torchvision's equalize builds it.
+def _equalize_pass(t: _Tables, x, key):
+    """Equalize: PIL's ImageOps.equalize per channel, as torchvision's equalize builds its table (its F.equalize
+    takes a batch too and gives the same images; this one shares the lookup pass's gather and is a little faster).
 
     PIL spreads the pixels below the channel's top value over 255 levels: step = (pixels - count of the top
     value) // 255, and level v -> (pixels below v + step // 2) // step. Where step is 0 (fewer than 255 pixels
     below the top value, as in a flat or near-saturated channel) the channel stays as it is.
     """
-    n, c, h, w = x.shape
-    flat = x.reshape(n, c, h * w).long()
-    hist = torch.zeros(n, c, 256, dtype=torch.long, device=x.device).scatter_add_(2, flat, torch.ones_like(flat))
-    top = torch.where(hist > 0, t.levels, 0).amax(2, keepdim=True)  # (B, C, 1): the largest value present
-    step = (h * w - hist.gather(2, top)) // 255
-    below = hist.cumsum(2) - hist
-    lut = ((below + step // 2) // step.clamp(min=1)).clamp(max=255)
-    return _apply_lut(x, torch.where(step > 0, lut, t.levels))
+    flat = x.flatten(2).long()  # (B, C, H * W)
+    hist = torch.zeros(*flat.shape[:2], 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(2, flat, torch.ones_like(flat))
+    step = (flat.shape[2] - hist.gather(2, flat.amax(2, keepdim=True))) // 255  # (B, C, 1)
+    lut = ((hist.cumsum(2) - hist + step // 2) // step.clamp(min=1)).clamp(max=255)  # cumsum - hist: below v
+    return _apply_lut(x, flat, torch.where(step > 0, lut, t.levels).to(torch.uint8))
 
 
-def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float32 of uint8 values -> (B, 1, H, W): torchvision's luma of a uint8 image, floored."""
-    r, g, b = x.unbind(1)
-    return _fma(b, _GRAY_B, _fma(g, _GRAY_G, r * 0.2989)).floor()[:, None]
+def _apply_lut(x: torch.Tensor, flat: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W), with flat its values as (B, C, H * W) long, through lut (B, C or 1, 256) uint8."""
+    return lut.expand(*flat.shape[:2], 256).gather(2, flat).view(x.shape)
 
 
-def _gray_blend_pass(t: _Tables, x, ops, bins, negative):
+def _blend_pass(t: _Tables, x, key):
     """Color and Contrast: torchvision's _blend(x, other, factor) = x * factor + other * (1 - factor), clamped
     and truncated, with other the luma (Color) or its mean over the image (Contrast)."""
     xf = x.float()
-    gray = _grayscale(xf)
-    other = torch.where(t.kind[ops][:, None, None, None] == 0, gray, gray.mean((1, 2, 3), keepdim=True))
-    ratio, alpha = (p[ops, bins, negative][:, None, None, None] for p in (t.ratio, t.alpha))
-    return _fma(other, alpha, xf * ratio).clamp(0, 255).to(torch.uint8)
+    r, g, b = xf.unbind(1)
+    gray = _fma(b, _GRAY_B, _fma(g, _GRAY_G, r * 0.2989)).floor()[:, None]  # (B, 1, H, W): torchvision's luma
+    other = torch.where(_per_sample(t.kind, key) == _COLOR, gray, gray.mean((1, 2, 3), keepdim=True))
+    return _fma(other, _per_sample(t.alpha, key), xf * _per_sample(t.ratio, key)).clamp(0, 255).to(torch.uint8)
 
 
-def _sharpness_pass(t: _Tables, x, ops, bins, negative):
-    """Sharpness: x + (1 - factor) * (smooth - x) inside a 1-pixel border, which stays; smooth is the 3x3 kernel
-    [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13, rounded. Its sum is an integer S here, and S / 13 is never within
-    0.03 of a half, so round(S / 13) is what torchvision's float32 convolution rounds to, whatever its order."""
+def _sharpness_pass(t: _Tables, x, key):
+    """Sharpness: x + (1 - factor) * (smooth - x) inside a 1-pixel border, which stays, as torchvision computes
+    it. smooth is the 3x3 kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13, rounded; its sum is an integer S here
+    and S / 13 is never within 0.03 of a half, so round(S / 13) is what torchvision's float32 convolution
+    rounds to, in whatever order it adds."""
     if x.shape[2] <= 2 or x.shape[3] <= 2:
         return x
     xf = x.float()
     rows = xf[:, :, :-2] + xf[:, :, 1:-1] + xf[:, :, 2:]
     inner = xf[:, :, 1:-1, 1:-1]
     total = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * inner  # (B, C, H - 2, W - 2), exact
-    delta = F.pad((total / 13).round() - inner, (1, 1, 1, 1))
-    return _fma(delta, t.alpha[ops, bins, negative][:, None, None, None], xf).clamp(0, 255).to(torch.uint8)
+    sharpened = _fma((total / 13).round() - inner, _per_sample(t.alpha, key), inner)
+    out = x.clone()
+    out[:, :, 1:-1, 1:-1] = sharpened.clamp(0, 255).to(torch.uint8)
+    return out
 
 
-def _geometric_pass(t: _Tables, x, ops, bins, negative):
-    """ShearX/Y, TranslateX/Y, Rotate: one grid_sample (nearest, fill 0) with each sample's affine matrix, on
-    torchvision's grid: pixel centres about the image centre, mapped by theta, then scaled to [-1, 1]."""
+def _geometric_pass(t: _Tables, x, key):
+    """ShearX/Y, TranslateX/Y, Rotate: each output pixel copies the input pixel its key's map names, or the
+    fill 0 (an extra pixel at the end)."""
     n, c, h, w = x.shape
-    theta = t.theta[ops, bins, negative]  # (B, 2, 3)
-    grid = t.base_grid.expand(n, -1, -1).bmm(theta.transpose(1, 2) / t.half_size)  # (B, H * W, 2)
-    out = F.grid_sample(x.float(), grid.view(n, h, w, 2), mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.to(torch.uint8)  # nearest copies pixel values (or the fill 0): exact in float32
+    source = t.source.index_select(0, t.source_row.index_select(0, key)).long()  # (B, H * W)
+    return F.pad(x.flatten(2), (0, 1)).gather(2, source[:, None].expand(n, c, h * w)).view(x.shape)
 
 
-_PASS_FNS = (None, _lookup_pass, _equalize_pass, _gray_blend_pass, _sharpness_pass, _geometric_pass)
+_PASS_FNS = (None, _lookup_pass, _equalize_pass, _blend_pass, _sharpness_pass, _geometric_pass)
 
 
 class _BatchAutoAugment(nn.Module):
     """Shared by BatchRandAugment and BatchTrivialAugmentWide: torchvision's op table, applied per sample."""
 
-    def __init__(self, space: dict, num_magnitude_bins: int):
+    def __init__(self, torchvision_transform: type, num_magnitude_bins: int):
         super().__init__()
+        # The class, not its table: the table's lambdas would make the module unpicklable.
+        self.torchvision_transform = torchvision_transform
+        space = torchvision_transform._AUGMENTATION_SPACE
         if not isinstance(num_magnitude_bins, int) or num_magnitude_bins < 2:
             raise ValueError(f"num_magnitude_bins must be an int >= 2, got {num_magnitude_bins!r}")
-        self.space, self.num_magnitude_bins = space, num_magnitude_bins
+        unknown = [name for name in space if name not in _PASS_OF]
+        if unknown:
+            raise ValueError(f"torchvision's ops {unknown} are not implemented in vitdist.augment")
+        self.num_magnitude_bins = num_magnitude_bins
         self.op_names: tuple[str, ...] = tuple(space)
         self.signed: tuple[bool, ...] = tuple(signed for _, signed in space.values())
         self._tables: dict[tuple, _Tables] = {}
-        _build_tables(space, num_magnitude_bins, 8, 8, torch.device("cpu"))  # fail here on an unknown op
 
     def tables(self, height: int, width: int, device: torch.device) -> _Tables:
         key = (height, width, device)
-        if key not in self._tables:  # once per image size and device: a copy from the host, then cached
-            self._tables[key] = _build_tables(self.space, self.num_magnitude_bins, height, width, device)
+        if key not in self._tables:  # once per image size and device, then cached
+            space = self.torchvision_transform._AUGMENTATION_SPACE
+            self._tables[key] = _build_tables(space, self.num_magnitude_bins, height, width, device)
         return self._tables[key]
 
     def draw(self, n: int, generator: Optional[torch.Generator] = None,
@@ -262,22 +286,23 @@ class _BatchAutoAugment(nn.Module):
 
     def apply(self, x: torch.Tensor, ops: torch.Tensor, bins: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> uint8 (B, 3, H, W): image i through op ops[i] at magnitude bin bins[i], negated
-        where negative[i] and the op is signed; as torchvision's RandAugment applies that op at that magnitude."""
+        where negative[i] and the op is signed, as torchvision's transform applies that op at that magnitude."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a uint8 batch (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
         t = self.tables(x.shape[2], x.shape[3], x.device)
-        pass_of, negative = t.pass_of[ops], negative.long()
+        key = (ops * self.num_magnitude_bins + bins) * 2 + negative.long()
+        pass_of = t.pass_of.index_select(0, key)
         if not _subsets(x.device):
             out = x
             for p, fn in enumerate(_PASS_FNS):
                 if fn is not None:
-                    out = torch.where((pass_of == p)[:, None, None, None], fn(t, x, ops, bins, negative), out)
+                    out = torch.where((pass_of == p)[:, None, None, None], fn(t, x, key), out)
             return out
         # Sort the batch by pass, run each pass on its slice, and put the images back in their places.
         order = pass_of.argsort(stable=True)
         counts = pass_of.bincount(minlength=len(PASSES)).tolist()  # a host read: free where the host computes
-        slices = zip(*(a.index_select(0, order).split(counts) for a in (x, ops, bins, negative)))
-        out = [s[0] if fn is None or not counts[p] else fn(t, *s) for p, (fn, s) in enumerate(zip(_PASS_FNS, slices))]
+        slices = zip(x.index_select(0, order).split(counts), key.index_select(0, order).split(counts))
+        out = [xs if fn is None or not len(xs) else fn(t, xs, ks) for fn, (xs, ks) in zip(_PASS_FNS, slices)]
         return torch.cat(out).index_select(0, order.argsort())
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -294,7 +319,7 @@ class BatchRandAugment(_BatchAutoAugment):
     RandAugment list (Identity included) and a sign, at the fixed magnitude bin."""
 
     def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31):
-        super().__init__(v2.RandAugment._AUGMENTATION_SPACE, num_magnitude_bins)
+        super().__init__(v2.RandAugment, num_magnitude_bins)
         if not isinstance(num_ops, int) or num_ops < 0:
             raise ValueError(f"num_ops must be a non-negative int, got {num_ops!r}")
         if not isinstance(magnitude, int) or not 0 <= magnitude < num_magnitude_bins:
@@ -316,7 +341,7 @@ class BatchTrivialAugmentWide(_BatchAutoAugment):
     per sample, each uniform, from torchvision's TrivialAugmentWide list and tables."""
 
     def __init__(self, num_magnitude_bins: int = 31):
-        super().__init__(v2.TrivialAugmentWide._AUGMENTATION_SPACE, num_magnitude_bins)
+        super().__init__(v2.TrivialAugmentWide, num_magnitude_bins)
 
     def draw(self, n, generator=None, device=None):
         ops = torch.randint(len(self.op_names), (1, n), generator=generator, device=device)
@@ -329,11 +354,11 @@ class BatchTrivialAugmentWide(_BatchAutoAugment):
 
 class RandomErasing(nn.Module):
     """torchvision.transforms.v2.RandomErasing(p, scale, ratio, value) with its own decision and rectangle per
-    sample, on a float (B, C, H, W) batch after normalization, as torchvision places it: value 0 is then the
-    data set's mean colour. (It works on a uint8 batch too, where 0 is black.)
+    sample. Apply it to the float (B, C, H, W) batch after normalization, where torchvision places it: value 0
+    is then the data set's mean colour. (It runs on a uint8 batch too, where 0 is black.)
 
-    torchvision tries up to 10 (area, aspect ratio) draws for a rectangle that fits inside the image and
-    erases nothing if none does; here each sample draws 10 candidates at once and takes its first that fits.
+    torchvision tries up to 10 (area, aspect ratio) draws for a rectangle that fits inside the image and erases
+    nothing if none does; here each sample draws 10 candidates at once and takes its first that fits.
     """
 
     ATTEMPTS = 10
@@ -350,7 +375,7 @@ class RandomErasing(nn.Module):
 
     def draw(self, n: int, height: int, width: int, generator: Optional[torch.Generator] = None,
              device: Optional[torch.device] = None) -> tuple[torch.Tensor, ...]:
-        """(erase (n,) bool, top, left, h, w (n,) long): each sample's rectangle, where erase is true."""
+        """(erase (n,) bool, top, left, h, w (n,) long): each sample's rectangle, erased where erase is true."""
         shape = (n, self.ATTEMPTS)
         area = height * width * torch.empty(shape, device=device).uniform_(*self.scale, generator=generator)
         log_ratio = torch.empty(shape, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]),
@@ -361,7 +386,7 @@ class RandomErasing(nn.Module):
         first = fits.long().argmax(1, keepdim=True)  # argmax gives the first of equal maxima
         h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
         erase = (torch.rand(n, generator=generator, device=device) < self.p) & fits.any(1)
-        # Top-left corner uniform over the positions where the rectangle fits.
+        # The top-left corner uniform over the positions where the rectangle fits.
         corner = torch.rand(2, n, generator=generator, device=device)
         top = (corner[0] * (height - h + 1)).long().clamp(max=height - h)
         left = (corner[1] * (width - w + 1)).long().clamp(max=width - w)
