@@ -159,8 +159,9 @@ def evaluate_run(args: EvalArgs) -> dict:
         raise UserError(f"--split test: the run's data ({data.source}) has no test split: use --split val")
     loader = accelerator.prepare(eval_loader(ds, args.batch_size, loader_workers(ds, args.data.num_workers),
                                              device.type == "cuda"))
-    model = accelerator.prepare(model)
-    scores = score_split(model, loader, info.normalize, accelerator, len(info.classes))
+    model.to(accelerator.device)  # not prepare(): scoring needs no gradient sync, and the weights have no grads
+    with accelerator.autocast():  # the run's precision, as its own evaluation had it
+        scores = score_split(model, loader, info.normalize, accelerator, len(info.classes))
     about = {"run_dir": str(run_dir), "weights_file": str(info.weights_file), "epoch": info.epoch,
              "data": data.source, "precision": precision}
     if accelerator.is_main_process:
