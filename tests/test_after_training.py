@@ -14,7 +14,7 @@ from PIL import Image
 
 import vitdist
 from conftest import REPO, run_cli, tiny_config
-from test_distributed import TINY_FLAGS, accelerate_launch
+from test_distributed import accelerate_launch
 from test_faults import image_folder
 from vitdist import evaluate, predict
 from vitdist.config import DataConfig
@@ -79,11 +79,8 @@ def test_eval_on_two_processes_counts_every_sample_once(tmp_path):
     """33 validation images split over 2 gloo processes (17 + 16, accelerate pads one): the same matrix as one
     process, summing to 33."""
     run = tmp_path / "run"
-    proc = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--data.synthetic-size", "330",
-                             "--data.val-fraction", "0.1", "--epochs", "1", "--run-dir", run, num_processes=1)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    one = accelerate_launch("-m", "vitdist.evaluate", run, "--split", "val", "--no-plot", num_processes=1)
-    assert one.returncode == 0, one.stderr[-2000:]
+    train(tiny_config(run, epochs=1, data={"synthetic_size": 330, "val_fraction": 0.1}))
+    evaluate.main([str(run), "--split", "val", "--no-plot"])  # one process, here
     single = json.loads((run / "eval-val.json").read_text())
     two = accelerate_launch("-m", "vitdist.evaluate", run, "--split", "val", "--batch-size", "5", "--no-plot",
                             num_processes=2)
@@ -135,28 +132,30 @@ def test_predict_takes_any_image_keeps_order_and_reports_the_unreadable(folder_r
     assert "predicted 4 images" in captured.out and "skipped 1 unreadable" in captured.out
 
 
-def test_bad_input_is_one_line_and_exit_2(folder_run, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(folder_run, tmp_path, capsys):
+    """Through the command once (what a user sees), then each case through main() (the same handler)."""
     run, _ = folder_run
     (tmp_path / "empty").mkdir()
+    proc = run_cli("eval", tmp_path / "empty", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"vitdist: error: {tmp_path / 'empty'} has no config.json: pass a run folder written by `vitdist train` "
+        f"(its --run-dir)"], proc.stderr
     stripped = tmp_path / "stripped"
     shutil.copytree(run, stripped, ignore=shutil.ignore_patterns("model.safetensors", "checkpoints"))
-    cases = [(["eval", tmp_path / "empty"], "has no config.json"),
-             (["eval", stripped], "no model.safetensors and no complete checkpoint"),
-             (["eval", run, "--data.root", tmp_path / "empty"], "vitdist: error:"),
-             (["predict", tmp_path / "empty", tmp_path], "has no config.json"),
-             (["predict", run, tmp_path / "missing.png"], "no such file or folder"),
-             (["predict", run, tmp_path / "empty"], "no image files in")]
-    for args, message in cases:
-        proc = run_cli(*args, timeout=120)
-        assert proc.returncode == 2, (args, proc.stderr[-2000:])
-        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, (args, proc.stderr)
-
-
-def test_eval_refuses_data_with_other_classes(folder_run, tmp_path):
-    run, _ = folder_run
     other = image_folder(tmp_path / "other", ("ant", "bee", "dog"), (("train", 4), ("val", 2), ("test", 2)))
-    proc = run_cli("eval", run, "--data.root", other, timeout=120)
-    assert proc.returncode == 2 and "are not the run's (ant, bee, cat)" in proc.stderr, proc.stderr
+    cases = [(evaluate, [stripped], "no model.safetensors and no complete checkpoint"),
+             (evaluate, [run, "--data.root", tmp_path / "empty"], "--data.root"),
+             (evaluate, [run, "--data.root", other], "are not the run's (ant, bee, cat)"),
+             (predict, [tmp_path / "empty", tmp_path], "has no config.json"),
+             (predict, [run, tmp_path / "missing.png"], "no such file or folder"),
+             (predict, [run, tmp_path / "empty"], "no image files in")]
+    for module, args, message in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            module.main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err, (args, err)
+        assert err.startswith("vitdist: error:") and len(err.strip().splitlines()) == 1, (args, err)
 
 
 def test_the_readme_loading_example_runs(folder_run, tmp_path):

@@ -218,7 +218,7 @@ def test_random_erasing_matches_torchvision_areas():
     assert abs(gap) <= 5 * math.sqrt(ours.var() / len(ours) + theirs.var() / len(theirs)), (ours.mean(), theirs.mean())
 
 
-# --- in training: the flags, BatchAugment, and exact resume with every draw on
+# --- in training: the flags and BatchAugment (exact resume with them on: test_ema.py's resume test)
 
 def test_the_flags_reach_the_batch_and_bad_values_are_one_line():
     from vitdist.config import DataConfig, UserError
@@ -236,16 +236,3 @@ def test_the_flags_reach_the_batch_and_bad_values_are_one_line():
         with pytest.raises(UserError, match=message):
             DataConfig(**bad)
 
-
-def test_a_run_with_strong_augmentation_resumes_bit_identical(tmp_path):
-    """RandAugment and random erasing draw from the generators a checkpoint restores: SIGINT mid-epoch, then
-    the resume ends where an uninterrupted run does."""
-    from test_interrupts import FLAGS, planted, same_run
-
-    flags = [*FLAGS, "--data.rand-augment", "2,9", "--data.random-erasing", "0.25"]
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert planted(*flags, "--run-dir", straight, env={}).returncode == 0
-    assert planted(*flags, "--run-dir", stopped, env={"FAIL_STEP": "13", "FAIL_WITH": "sigint"}).returncode == 130
-    proc = planted("--run-dir", stopped, "--resume", "auto", env={})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    same_run(straight, stopped)

@@ -173,7 +173,8 @@ def test_an_average_of_the_weights_is_refused_under_zero3_and_follows_zero2(tmp_
     assert proc.stderr.count("vitdist: error: --ema.decay does not run under DeepSpeed ZeRO-3") == 2, \
         proc.stderr[-2000:]
     assert not (tmp_path / "z3").exists()
-    proc = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--ema.decay", "0.9", "--run-dir", tmp_path / "z2",
+    proc = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--epochs", "1", "--ema.decay", "0.9",
+                             "--run-dir", tmp_path / "z2",
                              num_processes=2, extra=zero_flags(2), timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in open(tmp_path / "z2" / "metrics.jsonl")]

@@ -20,6 +20,9 @@ from vitdist.runs import EMA_FILE
 from vitdist.train import train
 
 DECAY = 0.9
+# The resume test also turns on the strong augmentation (augment.py): its per-image draws come from the generators
+# a checkpoint restores, and one kill-and-resume pair covers both.
+STRONG = ["--data.rand-augment", "2,9", "--data.random-erasing", "0.25"]
 
 
 def averaged(run_dir, epoch: int) -> dict:
@@ -94,16 +97,17 @@ def test_raw_only_selection_never_picks_the_average(tmp_path):
 @pytest.fixture(scope="module")
 def straight_ema(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight_ema") / "run"
-    proc = planted(*FLAGS, "--ema.decay", str(DECAY), "--run-dir", out, env={})
+    proc = planted(*FLAGS, *STRONG, "--ema.decay", str(DECAY), "--run-dir", out, env={})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 def test_a_run_with_an_average_resumes_exactly_mid_epoch(tmp_path, straight_ema):
-    """SIGINT as step 13 begins (epoch 2 of 3): the checkpoint of that step holds the average; the resumed run
-    ends with the uninterrupted run's steps, weights and average, bit for bit."""
+    """SIGINT as step 13 begins (epoch 2 of 3), RandAugment and random erasing on: the checkpoint of that step
+    holds the average; the resumed run ends with the uninterrupted run's steps, weights and average, bit for
+    bit."""
     run = tmp_path / "run"
-    proc = planted(*FLAGS, "--ema.decay", str(DECAY), "--run-dir", run,
+    proc = planted(*FLAGS, *STRONG, "--ema.decay", str(DECAY), "--run-dir", run,
                    env={"FAIL_STEP": "13", "FAIL_WITH": "sigint"})
     assert proc.returncode == 130, proc.stderr[-3000:]
     proc = planted("--run-dir", run, "--resume", "auto", env={})

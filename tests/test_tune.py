@@ -189,3 +189,18 @@ def test_expected_minutes_scale_with_the_models_flops(tmp_path):
     assert t.expected_minutes(small) == pytest.approx(10.0)
     assert 3.0 < t.expected_minutes(wide) / t.expected_minutes(small) < 4.5  # twice as wide: ~4x the FLOPs
     assert t.expected_minutes(replace(small, epochs=5)) == pytest.approx(5.0)
+
+
+def test_two_processes_run_each_trial_together(tmp_path):
+    """Under accelerate launch with 2 gloo processes: every trial is one 2-process run (DDP in its header), rank 0
+    alone writes the records, and both ranks end together."""
+    from test_distributed import TINY_FLAGS, accelerate_launch
+
+    proc = accelerate_launch("-m", "vitdist.tune", *TINY_FLAGS, "--epochs", "1", "--model.num-layers", "1",
+                             "--optim.warmup-epochs", "0.2", "--tune-dir", tmp_path / "t", "--budget-trials", "3",
+                             "--sweep-epochs", "1", "--lrs", "1e-3", num_processes=2, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert len(record["trials"]) == 2 and record["summary"]["best_val_acc"] is not None
+    assert proc.stdout.count("; DDP;") == 1 + 2  # the sweep's rate and the two trials, each said once (rank 0)
+    assert proc.stdout.count("tune: final:") == 1
