@@ -29,6 +29,11 @@ def folder_run(tmp_path_factory):
     """2 epochs of a tiny ViT on a 3-class ImageFolder with train/val/test (odd-sized images, resized to 16)."""
     tmp = tmp_path_factory.mktemp("after")
     root = image_folder(tmp / "data", CLASSES, (("train", 20), ("val", 5), ("test", 7)), size=21)
+    # Texture, not flat colour: a resize (21 -> 16) done any other way than the run's changes these pixels.
+    g = torch.Generator().manual_seed(0)
+    for path in sorted(root.rglob("*.png")):
+        noise = torch.randint(0, 256, (21, 21, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(noise).save(path)
     run = tmp / "run"
     train(tiny_config(run, epochs=2, batch={"global_batch_size": 12}, model={"img_size": 16, "patch_size": 4},
                       data={"name": "imagefolder", "root": str(root), "train_eval_size": 8}))
