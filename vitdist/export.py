@@ -120,6 +120,14 @@ def require_close(fmt: str, diff: float, n: int, path: Path, against: str) -> No
                           f"{TOLERANCE[fmt]:g}: {path} does not reproduce the run's model (left there to inspect)")
 
 
+def same_logits(fmt: str, loaded, model, info: RunInfo, n: int, path: Path, against: str) -> float:
+    """max |logit diff| of a reloaded model against the run's on n check images; CheckFailed above the bound."""
+    x = check_images(info, n, seed=0)
+    diff = max_diff(logits(loaded, x), logits(model, x))
+    require_close(fmt, diff, n, path, against)
+    return diff
+
+
 @contextlib.contextmanager
 def running(fmt: str, runtime: str, n: int, path: Path):
     """A runtime that cannot run the export at all (a batch size baked in, say) fails the check, as a wrong
@@ -156,9 +164,8 @@ def export_safetensors(model: VisionTransformer, info: RunInfo, out: Path, check
         meta = f.metadata()
     fresh = VisionTransformer(**json.loads(meta["model_config"])).eval()
     fresh.load_state_dict(load_file(str(out)), strict=True)
-    x = check_images(info, check_batch, seed=0)
-    diff = max_diff(logits(fresh, x), logits(model, x))
-    require_close("safetensors", diff, check_batch, out, "a fresh VisionTransformer vs the run's model")
+    diff = same_logits("safetensors", fresh, model, info, check_batch, out,
+                       "a fresh VisionTransformer vs the run's model")
     return Exported(out, diff, f"safetensors: {out} (state dict; model_config, classes and preprocessing in its "
                                f"metadata); strict load into a fresh VisionTransformer, max |logit diff| "
                                f"{figure(diff)} on {check_batch} images")
@@ -251,9 +258,7 @@ def export_timm(model: VisionTransformer, info: RunInfo, out: Path, check_batch:
         import timm  # noqa: F401
     except ImportError:
         return Exported(out, None, f"{written}; check skipped: timm is not installed (pip install timm)")
-    x = check_images(info, check_batch, seed=0)
-    diff = max_diff(logits(timm_model(out), x), logits(model, x))
-    require_close("timm", diff, check_batch, out, "timm vs vitdist")
+    diff = same_logits("timm", timm_model(out), model, info, check_batch, out, "timm vs vitdist")
     return Exported(out, diff, f"{written}; timm vs vitdist max |logit diff| {figure(diff)} on {check_batch} "
                                f"images")
 
@@ -475,9 +480,7 @@ def export_hub(model: VisionTransformer, info: RunInfo, out: Path, check_batch: 
     (out / "README.md").write_text(model_card(model, info, out))
     with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained prints "Loading weights from local ..."
         loaded = VisionTransformer.from_pretrained(str(out), strict=True).eval()
-    x = check_images(info, check_batch, seed=0)
-    diff = max_diff(logits(loaded, x), logits(model, x))
-    require_close("hub", diff, check_batch, out, "from_pretrained vs the run's model")
+    diff = same_logits("hub", loaded, model, info, check_batch, out, "from_pretrained vs the run's model")
     return Exported(out, diff, f"hub: {out} (model.safetensors, config.json with classes, README.md model card); "
                                f"from_pretrained max |logit diff| {figure(diff)} on {check_batch} images; not "
                                f"uploaded: {UPLOAD.format(folder=out)} needs a network and a token")
