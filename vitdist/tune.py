@@ -252,7 +252,7 @@ def tune(args: TuneArgs) -> dict:
 
     # 4. diagnose, change one thing, keep what helps
     tried: set[str] = set()
-    while t.trials_left() > 0 and t.minutes_left() > 0:
+    while t.trials_left() > 0 and agree(t.minutes_left() > 0):
         run = read_run(best.run_dir)
         d = diagnose(run.rows, run.config, run.steps, run.results)
         options = candidates(d, best_cfg, tried)
