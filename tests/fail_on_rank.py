@@ -10,6 +10,7 @@ elastic launcher (--max_restarts), only the first attempt fails."""
 import os
 import signal
 import sys
+import time
 
 import vitdist.train as train_mod
 
@@ -43,6 +44,11 @@ def optimizer_step(*args, **kwargs):
             os.kill(os.getpid(), signum)
     return real_optimizer_step(*args, **kwargs)
 
+
+# A restarted rank 1 that comes up late (RESTARTED_RANK_1_LATE seconds), as a slower node would: rank 0 then
+# reads the group's addresses before rank 1 has written its new one.
+if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and rank == 1:
+    time.sleep(float(os.environ.get("RESTARTED_RANK_1_LATE", "0")))
 
 if fail_with in SIGNALS:
     train_mod.optimizer_step = optimizer_step

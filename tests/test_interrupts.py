@@ -113,12 +113,14 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_step(tmp_path, straight_two
 
 def test_an_elastic_launch_restarts_a_killed_rank_and_ends_bit_identical(tmp_path, straight_two):
     """`accelerate launch --max_restarts 2 ... --resume auto`: rank 1 is SIGKILLed as step 13 begins (a lost
-    process, no checkpoint of its own). The launcher restarts both ranks; the new group forms (it would read the
-    dead ranks' addresses without processes.join_restarted_group) and continues from step 12's checkpoint."""
+    process, no checkpoint of its own). The launcher restarts both ranks, rank 1 three seconds late; the new group
+    forms (without processes.join_restarted_group rank 0 reads the dead rank's address, still in the launcher's
+    store, and fails) and continues from step 12's checkpoint."""
     run = tmp_path / "run"
     proc = accelerate_launch(str(REPO / "tests" / "fail_on_rank.py"), *FLAGS, "--checkpoint-every-steps", "4",
                              "--run-dir", run, "--resume", "auto", num_processes=2, extra=["--max_restarts", "2"],
-                             env_extra={"FAIL_RANK": "1", "FAIL_STEP": "13", "FAIL_WITH": "sigkill"})
+                             env_extra={"FAIL_RANK": "1", "FAIL_STEP": "13", "FAIL_WITH": "sigkill",
+                                        "RESTARTED_RANK_1_LATE": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no complete checkpoint" in proc.stdout  # the first attempt starts the folder
     assert "exitcode: -9" in proc.stderr or "exitcode  : -9" in proc.stderr, proc.stderr[-3000:]
