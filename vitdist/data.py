@@ -46,13 +46,18 @@ class TensorImages(Dataset):
         return TensorImages(self.images[idx], self.labels[idx])
 
 
+def decode(image, img_size: int) -> torch.Tensor:
+    """A PIL image of any size and mode -> (3, img_size, img_size) uint8: RGB, resized with antialiasing. The one
+    way vitdist turns an image file into pixels: ImageFolder runs, and `vitdist predict` / RunInfo.preprocess."""
+    return v2.Resize((img_size, img_size), antialias=True)(v2.functional.pil_to_tensor(image.convert("RGB")))
+
+
 class FileImages(Dataset):
     """Image files decoded with PIL per item and resized to img_size: for sets too large to hold decoded."""
 
     def __init__(self, samples: list[tuple[str, int]], img_size: int, mark_unreadable: bool = False):
         self.samples, self.img_size, self.mark_unreadable = samples, img_size, mark_unreadable
         self.labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
-        self.to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize((img_size, img_size), antialias=True)])
 
     def __len__(self):
         return len(self.samples)
@@ -63,7 +68,7 @@ class FileImages(Dataset):
         path, label = self.samples[i]
         try:
             with Image.open(path) as im:
-                return self.to_tensor(im.convert("RGB")), torch.tensor(label)
+                return decode(im, self.img_size), torch.tensor(label)
         except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
             if self.mark_unreadable:  # decoding into memory: the main process reports or skips it
                 return torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), torch.tensor(UNREADABLE)

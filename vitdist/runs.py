@@ -159,10 +159,9 @@ class RunInfo:
     def preprocess(self, image):
         """A PIL image of any size and mode -> (3, img_size, img_size) uint8, as ImageFolder runs decode their
         files (RGB, resized with antialiasing); sets stored at img_size are taken as they are."""
-        from torchvision.transforms import v2
+        from .data import decode
 
-        return v2.Compose([v2.PILToTensor(), v2.Resize((self.img_size, self.img_size), antialias=True)])(
-            image.convert("RGB"))
+        return decode(image, self.img_size)
 
     def normalize(self, x):
         """(N, 3, S, S) uint8 -> float, normalized with the run's mean and std (data.BatchAugment.normalize)."""

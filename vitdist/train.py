@@ -184,8 +184,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.ema.decay > 0:
         from timm.utils.model_ema import ModelEmaV3
 
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema.decay, use_warmup=cfg.ema.warmup,
-                         dtype=torch.float32)
+        averaged = accelerator.unwrap_model(model)  # the module whose weights the optimizer steps
+        ema = ModelEmaV3(averaged, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup, dtype=torch.float32)
         accelerator.register_for_checkpointing(ema)
     set_seed(cfg.seed, device_specific=True)  # each rank its own dropout and augmentation draws
 
@@ -279,7 +279,7 @@ def train(cfg: TrainConfig) -> dict:
             sums += step_sums
             state.step += 1
             if ema is not None:  # foreach lerps on the device; the decay is a function of the host's step count
-                ema.update(accelerator.unwrap_model(model), step=state.step)
+                ema.update(averaged, step=state.step)
             done += 1
             pending.append((state.step, lr, stats))
             bar.step()
