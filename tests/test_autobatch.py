@@ -185,7 +185,7 @@ def test_param_formula_counts_the_model(name):
     m = PRESETS[name][1].model
     for classes in (10, 100):
         assert mem.vit_param_counts(m, classes)[0] == counted(m, classes)
-    odd = ModelConfig(img_size=24, patch_size=4, in_channels=1, embed_dim=48, num_layers=3, num_heads=3,
+    odd = ModelConfig(img_size=24, patch_size=4, in_channels=3, embed_dim=48, num_layers=3, num_heads=3,
                       dim_feedforward=80)
     assert mem.vit_param_counts(odd, 7)[0] == counted(odd, 7)
 

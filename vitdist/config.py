@@ -8,6 +8,7 @@ it on one line and exits 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -27,7 +28,32 @@ def _require(ok: bool, msg: str) -> None:
 
 
 def _positive(value, flag: str) -> None:
-    _require(value is not None and value > 0, f"{flag} must be > 0, got {value}")
+    _require(_number(value) and value > 0, f"{flag} must be > 0, got {value}")
+
+
+def _number(value) -> bool:
+    """A finite int or float (not a bool, not NaN or infinite): what every numeric field must hold."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _in_range(value, lo: float, hi: float, flag: str, hi_open: bool = True) -> None:
+    """lo <= value < hi (or <= hi), finite."""
+    ok = _number(value) and lo <= value and (value < hi if hi_open else value <= hi)
+    _require(ok, f"{flag} must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}, got {value}")
+
+
+def _at_least(value, lo: float, flag: str) -> None:
+    _require(_number(value) and value >= lo, f"{flag} must be a number >= {lo:g}, got {value}")
+
+
+def _text(value, flag: str, optional: bool = False) -> None:
+    ok = (optional and value is None) or (isinstance(value, str) and value.strip() != "")
+    _require(ok, f"{flag} must be a non-empty text{' (or left out)' if optional else ''}, got {value!r}")
+
+
+def _triple(value, flag: str) -> None:
+    _require(isinstance(value, (tuple, list)) and len(value) == 3 and all(_number(v) for v in value),
+             f"{flag} must be three finite numbers, one per RGB channel, got {value}")
 
 
 @dataclass(frozen=True)
@@ -37,7 +63,7 @@ class ModelConfig:
     patch_size: int = 8
     """Side of one square patch; img_size must be divisible by it (8 gives 16 tokens on 32px, 4 gives 64)."""
     in_channels: int = 3
-    """Channels of the input images."""
+    """Channels of the input images: 3, since vitdist decodes every image to RGB (grey images included)."""
     embed_dim: int = 128
     """Width of every token."""
     num_layers: int = 4
@@ -57,17 +83,19 @@ class ModelConfig:
         for name in ("img_size", "patch_size", "in_channels", "embed_dim", "num_layers", "num_heads",
                      "dim_feedforward"):
             _positive(getattr(self, name), f"--model.{name.replace('_', '-')}")
+            _require(isinstance(getattr(self, name), int), f"--model.{name.replace('_', '-')} must be a whole number")
+        _require(self.in_channels == 3, f"--model.in-channels {self.in_channels}: vitdist decodes every image to RGB "
+                                        f"(grey and RGBA ones too), so the model takes 3 channels: leave it at 3")
         _require(self.img_size % self.patch_size == 0,
                  f"--model.img-size {self.img_size} is not divisible by --model.patch-size {self.patch_size}: "
                  f"choose a patch size that divides it (e.g. 4 or 8 for 32)")
         _require(self.embed_dim % self.num_heads == 0,
                  f"--model.embed-dim {self.embed_dim} is not divisible by --model.num-heads {self.num_heads}: "
                  f"choose heads that divide it (e.g. {_divisor_hint(self.embed_dim)})")
-        _require(self.num_classes is None or self.num_classes >= 2,
+        _require(self.num_classes is None or (_number(self.num_classes) and self.num_classes >= 2),
                  f"--model.num-classes must be >= 2 (or None for the data set's count), got {self.num_classes}")
-        _require(0.0 <= self.dropout < 1.0, f"--model.dropout must be in [0, 1), got {self.dropout}")
-        _require(0.0 <= self.drop_path_rate < 1.0,
-                 f"--model.drop-path-rate must be in [0, 1), got {self.drop_path_rate}")
+        _in_range(self.dropout, 0.0, 1.0, "--model.dropout")
+        _in_range(self.drop_path_rate, 0.0, 1.0, "--model.drop-path-rate")
 
     @property
     def num_patches(self) -> int:
@@ -79,6 +107,7 @@ def _divisor_hint(n: int) -> str:
 
 
 DataName = Literal["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
+DATASET_NAMES = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 # Classes of each source that has a fixed count (an ImageFolder's is its number of class folders).
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}
 # The checklist's gradient check: a total gradient norm from 0.1 to 10 is reasonable (check, diagnose, plots).
@@ -137,32 +166,52 @@ class DataConfig:
     """Normalization std per channel."""
 
     def __post_init__(self):
-        if self.root is not None:
-            root = Path(self.root).expanduser()
-            _require(root.is_dir(), f"--data.root {self.root} does not exist: pass an existing folder"
-                                    + (" that holds train/" if self.name == "imagefolder" else
-                                       " (or leave it out: cifar downloads into ~/.cache/vitdist/data)"))
-            if self.name == "imagefolder":
-                _require((root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()),
-                         f"--data.root {self.root} is not an ImageFolder root: it needs train/ and val/ or test/ "
-                         f"(each with one folder per class)")
-        elif self.name == "imagefolder":
-            raise ConfigError("--data.name imagefolder needs --data.root DIR (a folder with train/ and val/ or test/)")
-        _require(0.0 <= self.val_fraction < 1.0, f"--data.val-fraction must be in [0, 1), got {self.val_fraction}")
+        # The values only: whether --data.root exists is checked where data is read (check_root), so a run folder
+        # whose data has moved can still be read, and a new --data.root given over it.
+        _require(self.name in DATASET_NAMES, f"--data.name {self.name!r}: choose one of {', '.join(DATASET_NAMES)}")
+        _text(self.root, "--data.root", optional=True)
+        _require(self.root is not None or self.name != "imagefolder",
+                 "--data.name imagefolder needs --data.root DIR (a folder with train/ and val/ or test/)")
+        _in_range(self.val_fraction, 0.0, 1.0, "--data.val-fraction")
         for name in ("train_subset", "val_subset"):
             value = getattr(self, name)
-            _require(value is None or value > 0, f"--data.{name.replace('_', '-')} must be > 0, got {value}")
-        _require(self.num_workers is None or self.num_workers >= 0,
+            _require(value is None or (_number(value) and value > 0),
+                     f"--data.{name.replace('_', '-')} must be > 0, got {value}")
+        _require(_number(self.train_eval_size) and self.train_eval_size >= 1,
+                 f"--data.train-eval-size must be >= 1 (the clean training images scored each epoch), got "
+                 f"{self.train_eval_size}")
+        _require(_number(self.synthetic_size) and self.synthetic_size >= 20,
+                 f"--data.synthetic-size must be >= 20 (two images of each of its 10 classes), got "
+                 f"{self.synthetic_size}")
+        _require(self.num_workers is None or (_number(self.num_workers) and self.num_workers >= 0),
                  f"--data.num-workers must be >= 0, got {self.num_workers}")
+        _require(_number(self.crop_padding) and self.crop_padding >= 0,
+                 f"--data.crop-padding must be >= 0 pixels (0: no crop), got {self.crop_padding}")
         _require(self.rand_augment is None or self.rand_augment_ops is not None,
                  f"--data.rand-augment {self.rand_augment}: give N,M (ops per image, magnitude 0-30), e.g. 2,9")
         _require(not (self.rand_augment and self.trivial_augment),
                  "--data.rand-augment and --data.trivial-augment are alternatives: pick one")
-        _require(0.0 <= self.random_erasing <= 1.0, f"--data.random-erasing must be in [0, 1], got "
-                                                    f"{self.random_erasing}")
-        _require(self.mixup_alpha >= 0 and self.cutmix_alpha >= 0,
-                 f"--data.mixup-alpha and --data.cutmix-alpha must be >= 0, got {self.mixup_alpha}, "
-                 f"{self.cutmix_alpha}")
+        _in_range(self.random_erasing, 0.0, 1.0, "--data.random-erasing", hi_open=False)
+        _at_least(self.mixup_alpha, 0.0, "--data.mixup-alpha")
+        _at_least(self.cutmix_alpha, 0.0, "--data.cutmix-alpha")
+        _triple(self.mean, "--data.mean")
+        _triple(self.std, "--data.std")
+        _require(all(v > 0 for v in self.std), f"--data.std must be > 0 in every channel (images are divided by "
+                                                f"it), got {tuple(self.std)}")
+
+    def check_root(self) -> None:
+        """That --data.root holds the data, where a command is about to read it (not when a config is built: a
+        run folder stays readable when its data moves)."""
+        if self.root is None:
+            return
+        root = Path(self.root).expanduser()
+        _require(root.is_dir(), f"--data.root {self.root} does not exist: pass an existing folder"
+                                + (" that holds train/" if self.name == "imagefolder" else
+                                   " (or leave it out: cifar downloads into ~/.cache/vitdist/data)"))
+        if self.name == "imagefolder":
+            _require((root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir()),
+                     f"--data.root {self.root} is not an ImageFolder root: it needs train/ and val/ or test/ "
+                     f"(each with one folder per class)")
 
     @property
     def rand_augment_ops(self) -> Optional[tuple[int, int]]:
@@ -195,11 +244,15 @@ class OptimConfig:
 
     def __post_init__(self):
         _positive(self.lr, "--optim.lr")
-        _require(self.weight_decay >= 0, f"--optim.weight-decay must be >= 0, got {self.weight_decay}")
-        _require(self.warmup_epochs >= 0, f"--optim.warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        _require(0 <= self.min_lr <= self.lr,
+        _at_least(self.weight_decay, 0.0, "--optim.weight-decay")
+        _require(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                 and all(_number(b) and 0 <= b < 1 for b in self.betas),
+                 f"--optim.betas must be two numbers in [0, 1) (AdamW's moment decays, e.g. 0.9 0.999), got "
+                 f"{self.betas}")
+        _at_least(self.warmup_epochs, 0.0, "--optim.warmup-epochs")
+        _require(_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
                  f"--optim.min-lr must be in [0, --optim.lr={self.lr}], got {self.min_lr}")
-        _require(self.max_grad_norm >= 0, f"--optim.max-grad-norm must be >= 0, got {self.max_grad_norm}")
+        _at_least(self.max_grad_norm, 0.0, "--optim.max-grad-norm")
 
 
 @dataclass(frozen=True)
@@ -247,6 +300,12 @@ class LogConfig:
 
     def __post_init__(self):
         _positive(self.every_steps, "--log.every-steps")
+        _text(self.wandb_project, "--log.wandb-project")
+        _text(self.wandb_name, "--log.wandb-name", optional=True)
+        _text(self.wandb_group, "--log.wandb-group", optional=True)
+        _require(all(isinstance(t, str) and t.strip() for t in self.wandb_tags),
+                 f"--log.wandb-tags must be non-empty texts, got {self.wandb_tags}")
+        _at_least(self.progress_every_s, 0.0, "--log.progress-every-s")
 
 
 @dataclass(frozen=True)
@@ -263,7 +322,11 @@ class EmaConfig:
     validation accuracy (results.json's "weights" says which); without it, the raw weights only."""
 
     def __post_init__(self):
-        _require(0.0 <= self.decay < 1.0, f"--ema.decay must be in [0, 1) (0: off), got {self.decay}")
+        _in_range(self.decay, 0.0, 1.0, "--ema.decay")
+
+
+Precision = Literal["auto", "no", "tf32", "bf16", "fp16"]
+PRECISIONS = ("auto", "no", "tf32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -276,7 +339,7 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     epochs: int = 100
     """Training epochs (full passes over the training split)."""
-    precision: Literal["auto", "no", "tf32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     """auto: bf16 on a GPU that runs it, else fp32 with TF32 matmuls on a GPU (tf32), else fp32 (no); the
     header and config.json say which. bf16 and fp16 (loss scaling, GPU only) run through accelerate's autocast;
     no is strict fp32."""
@@ -306,15 +369,24 @@ class TrainConfig:
     test_at_end: bool = True
     """Evaluate the best checkpoint on the test split once, at the end. Sweeps turn it off: tuning must not
     look at test data."""
+    extend_lr: Optional[float] = None
+    """When a resume extends the run (--resume auto --epochs beyond its plan): warm the rate up again, from where
+    it is to this peak over a tenth of the added epochs, then cosine down to --optim.min-lr. Without it the rate
+    goes on from where it is (a finished run's is min_lr, which barely moves the weights)."""
 
     def __post_init__(self):
         _positive(self.epochs, "--epochs")
-        _require(0.0 <= self.label_smoothing < 1.0, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        _require(self.early_stop_patience >= 0, f"--early-stop-patience must be >= 0, got {self.early_stop_patience}")
+        _require(self.precision in PRECISIONS, f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        _in_range(self.label_smoothing, 0.0, 1.0, "--label-smoothing")
+        _at_least(self.early_stop_patience, 0, "--early-stop-patience")
+        # numpy's seed (accelerate's set_seed seeds it too) takes 0 .. 2**32 - 1.
+        _require(_number(self.seed) and 0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}")
+        _text(self.run_dir, "--run-dir")
+        _text(self.resume, "--resume", optional=True)
         _positive(self.checkpoint_every_epochs, "--checkpoint-every-epochs")
-        _require(self.checkpoint_every_steps >= 0, f"--checkpoint-every-steps must be >= 0, got "
-                                                   f"{self.checkpoint_every_steps}")
-        _require(self.model.num_classes is None or self.model.num_classes >= 2, "--model.num-classes must be >= 2")
+        _at_least(self.checkpoint_every_steps, 0, "--checkpoint-every-steps")
+        _require(self.extend_lr is None or (_number(self.extend_lr) and self.extend_lr > 0),
+                 f"--extend-lr must be > 0 (or left out), got {self.extend_lr}")
 
 
 def to_dict(cfg) -> dict:
