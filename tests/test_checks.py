@@ -7,10 +7,12 @@ import torch
 import torch.nn as nn
 from accelerate.utils import set_seed
 
-from vitdist.checks import check_gradients, check_overfit, check_shapes, fixed_batch, main
+from vitdist.checks import (check_gradients, check_overfit, check_overfit_seeds, check_shapes, fixed_batch, main,
+                            run_checks)
 from vitdist.config import ModelConfig
 from vitdist.data import _synthetic
 from vitdist.model import VisionTransformer
+from vitdist.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +134,7 @@ def test_labels_reshuffled_every_step_cannot_overfit():
     g = torch.Generator().manual_seed(0)
     r = check_overfit(make(), lambda step: (x, y[torch.randperm(len(y), generator=g)]), max_steps=STEPS)
     assert not r.passed and r.numbers["best_acc"] < 0.6, r.line()
-    assert "cannot overfit 32 samples: there is a bug" in r.line()
+    assert "reached only" in r.line() and "this usually means a bug" in r.line()
 
 
 def test_same_image_with_two_labels_cannot_overfit():
@@ -159,7 +161,7 @@ def test_cli_fail_exits_nonzero(capsys):
                "--model.dim-feedforward", "64", "--data.name", "synthetic", "--data.synthetic-size", "320",
                "--overfit-steps", "1"])
     out = capsys.readouterr().out
-    assert rc == 1 and "FAIL overfit" in out and "there is a bug" in out, out
+    assert rc == 1 and "FAIL overfit" in out and "usually means a bug" in out, out
 
 
 def test_cli_bad_input_exits_2_with_one_line(capsys):
@@ -170,3 +172,51 @@ def test_cli_bad_input_exits_2_with_one_line(capsys):
             main(argv)
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and len(err.splitlines()) == 1 and flag in err, (argv, err)
+
+
+# --- issue 16: a seed that falls short is not a bug
+
+class BlindToClass0(VisionTransformer):
+    """Can never predict class 0 (its logit is a constant far below): at most 28 of the 32 samples (4 of class 0)
+    come out right, a near miss that no start can close."""
+
+    def forward(self, x):
+        return super().forward(x).index_fill(1, torch.tensor([0]), -100.0)
+
+
+def make_for_seed(blind_seeds):
+    def factory(seed):
+        set_seed(seed)
+        return (BlindToClass0 if seed in blind_seeds else VisionTransformer).from_config(CFG, num_classes=10)
+    return factory
+
+
+def test_a_start_that_falls_short_is_retried_and_the_pass_says_which_seed():
+    x, y = data()
+    r = check_overfit_seeds(make_for_seed({0}), fixed_batch(x, y), seeds=(0, 1, 2), max_steps=STEPS)
+    assert r.passed and r.numbers["seed"] == 1, r.line()
+    assert r.numbers["best_acc_by_seed"][0] == 28 / 32, r.numbers["best_acc_by_seed"]
+    assert "with seed 1" in r.detail and "seed 0 reached 87.5%" in r.detail, r.detail
+
+
+def test_a_fail_says_what_was_seen_from_every_start():
+    x, y = data()
+    r = check_overfit_seeds(make_for_seed({0, 1, 2}), fixed_batch(x, y), seeds=(0, 1, 2), max_steps=50)
+    assert not r.passed and list(r.numbers["best_acc_by_seed"]) == [0, 1, 2], r.line()
+    assert r.line().startswith("FAIL overfit: did not reach 100% on 32 samples in 50 steps with seeds 0, 1, 2 "
+                               "(best 87.5%, 87.5%, 87.5%"), r.line()
+    assert "this usually means a bug" in r.hint and "there is a bug" not in r.line()
+    # Far from 100% (an image with two labels: at most 50%) is no unlucky start: no other seed is tried.
+    x2, y2 = torch.cat([x[:16], x[:16]]), torch.cat([y[:16], (y[:16] + 1) % 10])
+    r = check_overfit_seeds(make_for_seed(set()), fixed_batch(x2, y2), seeds=(0, 1, 2), max_steps=50)
+    assert not r.passed and list(r.numbers["best_acc_by_seed"]) == [0], r.line()
+    assert "with seed 0 (best " in r.detail and "no other seed tried" in r.detail, r.detail
+
+
+def test_the_demo_presets_check_passes(capsys):
+    """`vitdist check --preset demo`: the project's own data and model pass, whichever start (seed) happens to fall
+    short on this machine's numerics (a user's seed 0 did; here seed 20, on one thread, reaches 93.8% in 200
+    steps: `replace(..., seed=20)` shows the retry on real data, at 4x this test's time)."""
+    results = run_checks(get_preset("demo"))
+    out = capsys.readouterr().out
+    assert [r.passed for r in results] == [True, True, True], out

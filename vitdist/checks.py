@@ -10,7 +10,8 @@ the tests can hand it a model with a planted bug and see it FAIL:
 - gradients: after one backward pass every parameter has a finite, non-zero gradient, and the total gradient
   norm lies in 0.1..10.
 - overfit: 32 stratified training samples, full batch, lr 5e-3, no dropout, weight decay, augmentation or label
-  smoothing, up to 200 steps: the model must reach 100% training accuracy on them.
+  smoothing, up to 200 steps: the model must reach 100% training accuracy on them, from the run's seed or, when
+  that start falls short, from one of the next two (check_overfit_seeds says why).
 
 The overfit check is its own small loop, not a training run: no checkpoints, trackers or run folder.
 """
@@ -21,7 +22,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -35,6 +36,8 @@ OVERFIT_SAMPLES = 32
 OVERFIT_LR = 5e-3
 OVERFIT_MAX_STEPS = 200
 OVERFIT_MAX_GRAD_NORM = 1.0  # the checklist's clip; keeps lr 5e-3 without warmup from a first-step blow-up
+OVERFIT_SEEDS = 3  # starts (initial weights) tried before a FAIL
+OVERFIT_RETRY_FROM = 0.75  # a start whose best accuracy ends below this is no near miss: no other start is tried
 
 HINT_SHAPES = ("wrong shapes: check the patch embedding (a conv with kernel = stride = patch_size), the flatten "
                "to (N, tokens, embed_dim), the position embedding's length and the head's output size")
@@ -43,8 +46,9 @@ HINT_NO_GRAD = ("parameters without a gradient are never used, or used through a
                 ".detach()")
 HINT_GRAD_NORM = ("gradient norm outside 0.1..10: check that inputs are normalized and the initialization "
                   "(a huge norm explodes: lower the rate, clip; a tiny one vanishes: a zero or detached head)")
-HINT_OVERFIT = ("cannot overfit 32 samples: there is a bug, fix it first (labels misaligned with images, a "
-                "detached or unused layer, logits and labels in the wrong order in the loss)")
+HINT_OVERFIT = ("this usually means a bug: labels misaligned with images, a detached or unused layer, logits and "
+                "labels in the wrong order in the loss; if none is there, the model may need a lower rate "
+                "(--overfit-lr) or more steps (--overfit-steps) to memorise its batch")
 
 ModelFactory = Callable[[], nn.Module]
 Batches = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
@@ -180,6 +184,40 @@ def check_overfit(make_model: ModelFactory, batches: Batches, max_steps: int = O
     return CheckResult("overfit", False, detail, HINT_OVERFIT, numbers)
 
 
+def check_overfit_seeds(make_model: Callable[[int], nn.Module], batches: Batches, seeds: Sequence[int],
+                        max_steps: int = OVERFIT_MAX_STEPS, lr: float = OVERFIT_LR,
+                        max_grad_norm: float = OVERFIT_MAX_GRAD_NORM) -> CheckResult:
+    """check_overfit from make_model(seed)'s weights, seed by seed, until one start PASSes.
+
+    Why other starts rather than more steps: at lr 5e-3 without warmup most starts of the demo preset reach 100% in
+    30-150 steps, but about one in fifteen keeps bouncing (seed 21 on 2 threads: 96.9% at 200 steps, 96.9% still at
+    400), and which start is unlucky changes with the machine's thread count. A bug fails from every start, so the
+    checklist's bar (100% within 200 steps) stays as it is, for each start; one start falling short says little
+    about the code. A start whose best ends below OVERFIT_RETRY_FROM is no near miss (the planted bugs stay at or
+    under 50-60%): no other start is tried, and a bug costs one attempt, not three.
+    """
+    tried: dict[int, CheckResult] = {}
+    for seed in seeds:
+        result = tried[seed] = check_overfit(lambda: make_model(seed), batches, max_steps, lr, max_grad_norm)
+        if result.passed or result.numbers["best_acc"] < OVERFIT_RETRY_FROM:
+            break
+    best = {s: r.numbers["best_acc"] for s, r in tried.items()}
+    numbers = {**result.numbers, "seed": seed, "best_acc_by_seed": best, "best_acc": max(best.values()),
+               "time_s": sum(r.numbers["time_s"] for r in tried.values())}
+    n, losses = numbers["samples"], numbers["losses"]
+    loss = f"loss {losses[0]:.3f} -> {losses[-1]:.4f}"
+    if result.passed:
+        others = "".join(f"; seed {s} reached {b:.1%}" for s, b in best.items() if s != seed)
+        detail = (f"100% training accuracy on {n} samples after {numbers['steps_to_100']} steps with seed {seed} (lr "
+                  f"{lr:g}, limit {max_steps}{others}); {loss}")
+        return CheckResult("overfit", True, detail, "", numbers)
+    names = f"seed{'s' * (len(best) > 1)} {', '.join(map(str, best))}"
+    gave_up = " (too far from 100% to be an unlucky start: no other seed tried)" * (len(best) < len(seeds))
+    detail = (f"did not reach 100% on {n} samples in {max_steps} steps with {names} (best "
+              f"{', '.join(f'{b:.1%}' for b in best.values())}; lr {lr:g}){gave_up}; seed {seed}'s {loss}")
+    return CheckResult("overfit", False, detail, HINT_OVERFIT, numbers)
+
+
 def _names(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
@@ -196,10 +234,12 @@ class CheckArgs:
     """Full-batch steps the overfit check may take."""
     overfit_lr: float = OVERFIT_LR
     """Constant learning rate of the overfit check."""
+    overfit_seeds: int = OVERFIT_SEEDS
+    """Starts (initial weights from --seed, --seed + 1, ...) the overfit check may try before it FAILs."""
 
 
 def run_checks(cfg: TrainConfig, samples: int = OVERFIT_SAMPLES, max_steps: int = OVERFIT_MAX_STEPS,
-               lr: float = OVERFIT_LR, print_fn=print) -> list[CheckResult]:
+               lr: float = OVERFIT_LR, print_fn=print, seeds: int = OVERFIT_SEEDS) -> list[CheckResult]:
     """Load `samples` stratified training images of cfg's data, then run the three checks on cfg's model."""
     from accelerate.utils import set_seed
 
@@ -220,8 +260,8 @@ def run_checks(cfg: TrainConfig, samples: int = OVERFIT_SAMPLES, max_steps: int 
              f"{cfg.model.num_layers} layers, patch {cfg.model.patch_size}")
 
     def factory(model_cfg):
-        def make():
-            set_seed(cfg.seed)  # every check starts from the same initial weights
+        def make(seed: int = cfg.seed):
+            set_seed(seed)  # every check starts from the same initial weights
             return VisionTransformer.from_config(model_cfg, num_classes)
         return make
 
@@ -230,7 +270,8 @@ def run_checks(cfg: TrainConfig, samples: int = OVERFIT_SAMPLES, max_steps: int 
     results = []
     for run in (lambda: check_shapes(make, images, num_classes, cfg.model.patch_size, cfg.model.embed_dim),
                 lambda: check_gradients(make, images, labels),
-                lambda: check_overfit(make_plain, fixed_batch(images, labels), max_steps, lr)):
+                lambda: check_overfit_seeds(make_plain, fixed_batch(images, labels),
+                                            range(cfg.seed, cfg.seed + seeds), max_steps, lr)):
         results.append(run())
         print_fn(results[-1].line())
     return results
@@ -245,12 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     with exit_on_user_error():
         args = parse_with_preset(CheckArgs, argv, "vitdist check",
                                  "Shape, gradient and overfit checks before training (PASS/FAIL, exit 1 on a FAIL).")
-        for name in ("overfit_samples", "overfit_steps"):
+        for name in ("overfit_samples", "overfit_steps", "overfit_seeds"):
             if getattr(args, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if not args.overfit_lr > 0:
             raise UserError(f"--overfit-lr must be > 0, got {args.overfit_lr}")
-        results = run_checks(args.train, args.overfit_samples, args.overfit_steps, args.overfit_lr)
+        results = run_checks(args.train, args.overfit_samples, args.overfit_steps, args.overfit_lr,
+                             seeds=args.overfit_seeds)
     failed = [r.name for r in results if not r.passed]
     print(f"{len(results) - len(failed)}/{len(results)} checks passed"
           + (f"; FAIL: {', '.join(failed)}: fix before training" if failed else ": go on to `vitdist sweep lr`"))

@@ -7,6 +7,7 @@ is a few tensor ops per step rather than PIL work per image.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -27,6 +28,25 @@ DEFAULT_ROOT = Path(os.environ.get("VITDIST_CACHE", "~/.cache/vitdist")).expandu
 # are decoded per batch.
 IN_MEMORY_MAX_BYTES = int(float(os.environ.get("VITDIST_IN_MEMORY_GB", "4")) * 2**30)
 UNREADABLE = -1  # the label FileImages gives a file it cannot decode, when asked to mark rather than raise
+# Part of the decode cache's key: raise it whenever decode() turns the same file into different pixels, so that
+# a warm cache of the earlier decoder's images is decoded afresh. 2: 16-bit grey scaled to 8 bits, not clipped.
+DECODER_VERSION = 2
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's 16-bit grey ("I": older Pillow's, 32-bit)
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """The file extensions (lower case, with the dot) of every format Pillow can open: what "an image file" means
+    to vitdist, for ImageFolder training and for `vitdist predict`'s folders alike."""
+    from PIL import Image
+
+    # registered_extensions() also lists formats Pillow only writes (PDF, Palm); MPO files open as JPEG.
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN or fmt == "MPO")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return os.path.splitext(path)[1].lower() in image_extensions()
 
 
 class TensorImages(Dataset):
@@ -48,8 +68,22 @@ class TensorImages(Dataset):
 
 def decode(image, img_size: int) -> torch.Tensor:
     """A PIL image of any size and mode -> (3, img_size, img_size) uint8: RGB, resized with antialiasing. The one
-    way vitdist turns an image file into pixels: ImageFolder runs, and `vitdist predict` / RunInfo.preprocess."""
+    way vitdist turns an image file into pixels: ImageFolder runs, and `vitdist predict` / RunInfo.preprocess.
+    Raise DECODER_VERSION when what it returns for a file changes."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = _grey_to_8_bits(image)
     return v2.Resize((img_size, img_size), antialias=True)(v2.functional.pil_to_tensor(image.convert("RGB")))
+
+
+def _grey_to_8_bits(image):
+    """16-bit grey (0..65535) -> 8-bit grey "L": x / 257 rounded, so 257 k -> k and 65535 -> 255. PIL's own
+    convert clips at 255 (a 16-bit PNG turns near-white) and neither PIL nor torchvision rounds (to_dtype shifts
+    right by 8), so written here."""
+    import numpy as np
+    from PIL import Image
+
+    x = np.asarray(image).astype(np.int64).clip(0, 65535)  # "I" is 32-bit signed: clipped to the 16-bit range
+    return Image.fromarray(((x + 128) // 257).astype(np.uint8))  # floor((x + 128) / 257) = round(x / 257)
 
 
 class FileImages(Dataset):
@@ -90,6 +124,8 @@ class DataBundle:
     source: str
     skipped: list[str] = field(default_factory=list)
     """Image files left out as unreadable (--data.skip-corrupt)."""
+    left_out: list[str] = field(default_factory=list)
+    """Files in class folders left out as not images (is_image_file), every split's."""
 
 
 def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -121,12 +157,14 @@ def _labels(ds: Dataset) -> torch.Tensor:
 
 def load_data(cfg: DataConfig, img_size: int, seed: int) -> DataBundle:
     """Build train / val / test splits of cfg.name at img_size."""
+    cfg.check_root()  # here, where data is read: a config (a run's config.json) is valid without its data
     skipped: list[str] = []
+    left_out: list[str] = []
     if cfg.name in ("cifar10", "cifar100"):
         train, test, classes = _cifar(cfg)
         val = None
     elif cfg.name == "imagefolder":
-        train, val, test, classes, skipped = _imagefolder(cfg, img_size)
+        train, val, test, classes, skipped, left_out = _imagefolder(cfg, img_size)
     elif cfg.name == "digits":
         train, test, classes = _digits(img_size, seed)
         val = None
@@ -154,7 +192,7 @@ def load_data(cfg: DataConfig, img_size: int, seed: int) -> DataBundle:
         val = val.subset(stratified_order(_labels(val), seed + 2)[: cfg.val_subset].sort().values)
     n_eval = min(cfg.train_eval_size, len(train))
     train_eval = train.subset(stratified_order(_labels(train), seed + 3)[:n_eval].sort().values)
-    return DataBundle(train, val, test, train_eval, len(classes), classes, cfg.name, skipped)
+    return DataBundle(train, val, test, train_eval, len(classes), classes, cfg.name, skipped, left_out)
 
 
 def _resize(ds: Dataset, img_size: int) -> Dataset:
@@ -184,18 +222,53 @@ def _cifar(cfg: DataConfig):
     return out[0], out[1], list(splits[0].classes)
 
 
-def _imagefolder(cfg: DataConfig, img_size: int):
+def list_images(folder: Path):
+    """torchvision's ImageFolder listing of folder (class folders sorted, then paths sorted) taking every file
+    is_image_file calls an image, and the paths of the files it left out. An empty class folder is a UserError."""
     from torchvision.datasets import ImageFolder
 
+    left_out: list[str] = []
+
+    def is_valid_file(path: str) -> bool:
+        if is_image_file(path):
+            return True
+        left_out.append(path)
+        return False
+
+    try:
+        listing = ImageFolder(str(folder), is_valid_file=is_valid_file, allow_empty=True)
+    except FileNotFoundError:  # torchvision's word for a folder without class folders
+        raise UserError(f"{folder} holds no class folders: put each class's images in a folder of its own "
+                        f"({folder / 'CLASS'}/*.jpg)") from None
+    counts = torch.bincount(torch.tensor(listing.targets, dtype=torch.int64), minlength=len(listing.classes))
+    empty = [folder / c for c, n in zip(listing.classes, counts.tolist()) if n == 0]
+    if empty:
+        def holds(path: Path) -> str:  # what an empty class folder holds instead
+            n = sum(Path(p).is_relative_to(path) for p in left_out)
+            return f" ({n} non-image file{'s' * (n > 1)})" if n else ""
+
+        many = len(empty) > 1
+        raise UserError(", ".join(f"{path}{holds(path)}" for path in empty[:10]) + " ..." * (len(empty) > 10)
+                        + f": {'class folders' if many else 'a class folder'} with no image files: add images, or "
+                        f"remove {'them' if many else 'it'} from every split to train without "
+                        f"{'those classes' if many else 'that class'}")
+    return listing, left_out
+
+
+def _imagefolder(cfg: DataConfig, img_size: int):
     root = Path(cfg.root).expanduser()
-    train_listing = ImageFolder(str(root / "train"))
+    train_listing, left_out = list_images(root / "train")
     classes = train_listing.classes
     splits, skipped = {}, []
     for split in ("train", "val", "test"):
         if not (root / split).is_dir():
             splits[split] = None
             continue
-        listing = train_listing if split == "train" else ImageFolder(str(root / split))
+        if split != "train":
+            listing, more = list_images(root / split)
+            left_out += more
+        else:
+            listing = train_listing
         if listing.classes != classes:
             missing, extra = sorted(set(classes) - set(listing.classes)), sorted(set(listing.classes) - set(classes))
             raise UserError(f"--data.root {root}: {split}/ and train/ differ in their class folders: "
@@ -220,14 +293,14 @@ def _imagefolder(cfg: DataConfig, img_size: int):
             skipped += names
             files = files.subset((labels != UNREADABLE).nonzero().flatten())
         splits[split] = files
-    return splits["train"], splits["val"], splits["test"], classes, skipped
+    return splits["train"], splits["val"], splits["test"], classes, skipped, left_out
 
 
 def _decode_cached(files: FileImages, where: Path) -> TensorImages:
     """Decode every file once into a uint8 tensor, cached under $VITDIST_CACHE/decoded (~/.cache/vitdist). The key
     covers every file's path, label, size and modification time: a changed, added or removed file decodes afresh.
     An unreadable file is kept in it marked UNREADABLE, for the caller to report or skip."""
-    h = hashlib.sha1(f"{files.img_size}".encode())
+    h = hashlib.sha1(f"{files.img_size}|decoder {DECODER_VERSION}".encode())
     for path, label in files.samples:
         st = os.stat(path)
         h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -253,9 +326,19 @@ def _decode_all(files: FileImages, desc: str):
     UNREADABLE in the labels."""
     from tqdm.auto import tqdm
 
+    from .stopping import STOP, Interrupted
+
     marking = FileImages(files.samples, files.img_size, mark_unreadable=True)
-    loader = DataLoader(marking, batch_size=512, num_workers=min(4, os.cpu_count() or 1), generator=own_generator())
-    return tqdm(loader, desc=desc, leave=False, disable=None)
+    # Batches of 128: a signal is seen within one of them, and the workers wind down as quickly.
+    loader = DataLoader(marking, batch_size=128, num_workers=min(4, os.cpu_count() or 1), generator=own_generator())
+    then, STOP.then = STOP.then, "stopping: the data is still decoding, so there is nothing to save yet"
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+            if STOP.requested:  # Ctrl-C while the data decodes: nothing to checkpoint yet; the workers stop with it
+                raise Interrupted(STOP.signum, None)
+            yield batch
+    finally:
+        STOP.then = then
 
 
 def _decode_labels(files: FileImages, desc: str) -> torch.Tensor:
