@@ -5,8 +5,11 @@ would (each rank of a launch sits in its own session, so killing the launcher wo
 start of its FAIL_STEP-th optimizer step (the same count with one micro-batch a step; the model's forward is
 left alone, so a --compile run compiles the real one). "sigint", "sigterm" and "sigint-twice" send those
 signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient second Ctrl-C would. Under an
-elastic launcher (--max_restarts), only the first attempt fails."""
+elastic launcher (--max_restarts), only the first attempt fails. "slow-decode" makes every image
+take 30 ms to decode (nothing fails: a signal is sent from outside). FAIL_MAIN names another command's module
+(vitdist.sweep, vitdist.tune): its trials' steps count as one sequence, so a signal lands inside a chosen trial."""
 
+import importlib
 import os
 import signal
 import sys
@@ -52,6 +55,16 @@ if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and rank == 1:
 
 if fail_with in SIGNALS:
     train_mod.optimizer_step = optimizer_step
+elif fail_with == "slow-decode":  # each image takes 30 ms to decode: time to press Ctrl-C while the data decodes
+    import vitdist.data as data_mod
+
+    real_decode = data_mod.decode
+
+    def slow_decode(image, img_size):
+        time.sleep(0.03)
+        return real_decode(image, img_size)
+
+    data_mod.decode = slow_decode
 else:
     train_mod.VisionTransformer.forward = forward
-sys.exit(train_mod.main(sys.argv[1:]))
+sys.exit(importlib.import_module(os.environ.get("FAIL_MAIN", "vitdist.train")).main(sys.argv[1:]))

@@ -143,9 +143,12 @@ def test_a_subset_larger_than_the_split_is_refused():
         load_data(DataConfig(name="synthetic", synthetic_size=320, val_fraction=0.2, train_subset=100_000), 16, 0)
 
 
-def test_help_into_a_closed_pipe_ends_quietly():
-    """`vitdist train --help | head`: the reader leaves early; no BrokenPipeError traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "vitdist", "train", "--help"], stdout=subprocess.PIPE,
+@pytest.mark.parametrize("command", [["vitdist", "train"], ["vitdist.train"]], ids=["vitdist train",
+                                                                                    "python -m vitdist.train"])
+def test_help_into_a_closed_pipe_ends_quietly(command):
+    """`vitdist train --help | head` and `python -m vitdist.train --help | head`: the reader leaves early; no
+    BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--help"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=REPO)
     proc.stdout.close()  # before vitdist has written a byte
     err = proc.stderr.read().decode()

@@ -126,3 +126,30 @@ def test_extending_an_interrupted_run_bends_its_cosine_from_where_it_is(tmp_path
     assert len(lrs) == 40
     for i, lr in enumerate(lrs[8:]):
         assert lr == pytest.approx(1e-6 + (planned_rate - 1e-6) * (1 + math.cos(math.pi * i / 32)) / 2)
+
+
+def test_extending_a_finished_run_warns_that_min_lr_does_nothing_and_extend_lr_warms_up_again(finished, capsys):
+    """A finished run's rate is min_lr: extended as it is, the added epochs barely move the weights, and the
+    start says so. --extend-lr P warms the rate from where it is up to P over a tenth of the added steps, then a
+    cosine down to min_lr; config.json's "extended" records it."""
+    capsys.readouterr()
+    assert train_mod.main(["--run-dir", str(finished), "--resume", "auto", "--epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the run had finished its schedule" in out and "--extend-lr" in out
+
+    assert train_mod.main(["--run-dir", str(finished), "--resume", "auto", "--epochs", "14", "--extend-lr",
+                           "5e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "warms up from" in out and "warning: the run had finished" not in out
+    ext = json.loads((finished / "config.json").read_text())["extended"][-1]
+    assert (ext["from_step"], ext["peak_lr"], ext["warmup_steps"]) == (32, 5e-4, 8)  # 10 added epochs x 8 / 10
+    lrs = [s["lr"] for s in rows(finished / "steps.jsonl")]
+    assert len(lrs) == 14 * 8
+    start, min_lr = ext["from_lr"], 1e-6
+    for i in range(8):  # steps 33-40: linear from the rate reached to 5e-4
+        assert lrs[32 + i] == pytest.approx(start + (5e-4 - start) * (i + 1) / 8)
+    for i in range(72):  # steps 41-112: cosine from 5e-4 down to min_lr at the last step
+        assert lrs[40 + i] == pytest.approx(min_lr + (5e-4 - min_lr) * (1 + math.cos(math.pi * i / 72)) / 2)
+    assert lrs[-1] < 1e-5
+    # The flag belongs to that extension alone: a later plain resume neither needs nor inherits it.
+    assert json.loads((finished / "config.json").read_text()).get("extend_lr") is None

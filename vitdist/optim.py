@@ -47,11 +47,18 @@ def scheduled_lr(step: int, cfg: OptimConfig, steps_per_epoch: int, warmup_steps
                  extensions: list[dict]) -> float:
     """lr_at over the epochs first planned; then, for each extension of the run (config.json's "extended"), a new
     cosine from the rate the schedule had reached at its from_step down to min_lr at its last epoch: a run
-    extended on resume keeps a continuous rate, with no jump back up."""
+    extended on resume keeps a continuous rate, with no jump back up. An extension with a peak_lr (--extend-lr)
+    warms up linearly from that rate to peak_lr over its warmup_steps, and the cosine starts from there."""
     lr = lr_at(step, cfg, planned_epochs * steps_per_epoch, warmup_steps)
     for ext in extensions:
         if step >= ext["from_step"]:
-            span = max(ext["epochs"] * steps_per_epoch - ext["from_step"], 1)
-            progress = min((step - ext["from_step"]) / span, 1.0)
-            lr = cfg.min_lr + 0.5 * (ext["from_lr"] - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+            start, peak = ext["from_step"], ext["from_lr"]
+            if "peak_lr" in ext:  # --extend-lr: a linear warmup from the rate reached to the new peak first
+                if step < start + ext["warmup_steps"]:
+                    lr = peak + (ext["peak_lr"] - peak) * (step - start + 1) / ext["warmup_steps"]
+                    continue
+                start, peak = start + ext["warmup_steps"], ext["peak_lr"]
+            span = max(ext["epochs"] * steps_per_epoch - start, 1)
+            progress = min((step - start) / span, 1.0)
+            lr = cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
     return lr

@@ -151,8 +151,9 @@ def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> T
     if record is None:
         return cfg
     saved, extensions = record
-    return tyro.cli(TrainConfig, default=replace(saved, epochs=planned_epochs(saved, extensions)), args=args,
-                    prog=prog)
+    # --extend-lr acts on the resume that gives it, never inherited from the record.
+    base = replace(saved, epochs=planned_epochs(saved, extensions), extend_lr=None)
+    return tyro.cli(TrainConfig, default=base, args=args, prog=prog)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -22,20 +25,21 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env, set_seed
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .autobatch import next_plan_after_oom, note_oom, offloaded, resolve_micro_batch
 from .config import DATASET_CLASSES, TrainConfig, UserError, to_dict
 from .data import BatchAugment, DeviceBatches, TensorImages, eval_loader, load_data, loader_workers, train_loader
 from .evaluate import log_to_wandb, score_split, write_eval
+from .files import make_readable, save_safetensors
 from .flops import mfu, peak_tflops, train_flops_per_image
+from .folder_lock import holding
 from .memory import OutOfMemoryError, vit_param_counts
 from .model import VisionTransformer, count_parameters
 from .optim import FUSED_DEVICES, build_optimizer, scheduled_lr
 from .precision import mixed_precision, resolve_precision, use_tf32
 from .processes import make_accelerator, process_device
-from .runs import DATA_FILE, STATE_FILE, complete_checkpoints, find_resume, planned_epochs, run_record
+from .runs import DATA_FILE, STATE_FILE, complete_checkpoints, find_resume, planned_epochs, read_jsonl, run_record
 from .stopping import STOP, Interrupted
 
 SKIPPED_FILE = "skipped_images.txt"  # --data.skip-corrupt: the files left out, one path a line
@@ -95,8 +99,18 @@ def batch_plan(global_batch: int, micro_batch: int | None, world_size: int) -> t
 
 
 def train(cfg: TrainConfig) -> dict:
+    """The run. It holds the run folder's lock from its first check to its end (`hold` keeps it), so two runs
+    can never write one folder."""
+    with contextlib.ExitStack() as hold:
+        return _train(cfg, hold)
+
+
+def _train(cfg: TrainConfig, hold: contextlib.ExitStack) -> dict:
     if not torch.cuda.is_available():  # what DeepSpeed picks without a GPU anyway, minus its warning on import
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if cfg.log.wandb:
+        check_wandb_ready()  # before anything is written
+    cfg.data.check_root()
     run_dir = Path(cfg.run_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     micro_batch, accum = batch_plan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size)
@@ -123,21 +137,25 @@ def train(cfg: TrainConfig) -> dict:
     is_main = accelerator.is_main_process
     state = TrainState()
     check_run_dir(run_dir, checkpoint_bytes(cfg))  # before any data is read
-    check_shared_run_dir(run_dir, accelerator)
-    resume_dir = find_resume(cfg.resume, run_dir)
-    if resume_dir is None:
-        clear_earlier_run(run_dir, cfg.overwrite or cfg.resume == "auto", accelerator)
     # A run folder is a record: its config.json, written once, rules a resume (check_resume), which may only
     # extend it. `extensions` are config.json's "extended" entries, one per extension.
+    resume_dir = find_resume(cfg.resume, run_dir)
     record = run_record(resume_dir)
     saved, extensions = record if record is not None else (None, [])
     planned = planned_epochs(saved, extensions) if saved is not None else cfg.epochs
     if saved is not None:
-        check_resume(cfg, saved, planned, resume_dir)
+        check_resume(cfg, saved, planned, resume_dir)  # a refused resume touches nothing, the lock included
+    hold.enter_context(holding(run_dir, "--run-dir", accelerator))  # one run per folder, until this one ends
+    check_shared_run_dir(run_dir, accelerator)
+    if resume_dir is None:
+        clear_earlier_run(run_dir, cfg.overwrite or cfg.resume == "auto", accelerator)
 
     # --- data, model, optimizer
     set_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg.data, cfg.model.img_size, cfg.seed)
+    if cfg.model.num_classes is not None and cfg.model.num_classes != data.num_classes:
+        raise UserError(f"--model.num-classes {cfg.model.num_classes}: the data ({data.source}) has "
+                        f"{data.num_classes} classes: leave it out (the head then takes the data's count)")
     model = VisionTransformer.from_config(cfg.model, data.num_classes)
     # DeepSpeed wraps the optimizer in its own (ZeRO partitions, offload): leave it the plain foreach AdamW there.
     fused = accelerator.state.deepspeed_plugin is None and accelerator.device.type in FUSED_DEVICES
@@ -208,15 +226,15 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG
         state = TrainState(**json.loads((resume_dir / STATE_FILE).read_text()))
         if cfg.epochs > planned:  # extended: a new cosine from where the rate is now (optim.scheduled_lr)
-            extensions.append({"from_epochs": planned, "epochs": cfg.epochs, "from_step": state.step,
-                               "from_lr": schedule(state.step)})
+            extensions.append(extension(cfg, planned, state.step, schedule(state.step), steps_per_epoch))
             if is_main:
                 (run_dir / "config.json").write_text(json.dumps({**to_dict(saved), "extended": extensions},
                                                                 indent=2) + "\n")
-            accelerator.print(f"extending the run from {planned} to {cfg.epochs} epochs: the learning rate goes on "
-                              f"from {extensions[-1]['from_lr']:.3g} down to min_lr {cfg.optim.min_lr:.3g} over "
-                              f"the {cfg.epochs - planned} added epochs (a new cosine; config.json's \"extended\")")
-        if is_main:
+            accelerator.print(describe_extension(extensions[-1], cfg, planned))
+        elif cfg.extend_lr is not None:
+            accelerator.print(f"warning: --extend-lr {cfg.extend_lr:g} is not used: the resume does not extend the "
+                              f"run (its plan is {planned} epochs; pass --epochs above it to extend)")
+        if is_main:  # a torn last line (the disk filled, the machine died mid-write) goes with the rest
             truncate_jsonl(run_dir / "metrics.jsonl", "epoch", state.epoch)
             truncate_jsonl(run_dir / "steps.jsonl", "step", state.step)
         accelerator.print(f"resumed from {resume_dir} at epoch {state.epoch}, step {state.step}"
@@ -238,7 +256,9 @@ def train(cfg: TrainConfig) -> dict:
                       f"{'compiled' if cfg.compile else 'eager'}; "
                       + (f"EMA {cfg.ema.decay:g}{' (decay warmup)' * cfg.ema.warmup}; " if ema is not None else "")
                       + (f"skipped {len(data.skipped)} unreadable images ({run_dir / SKIPPED_FILE}); "
-                         if data.skipped else "") +
+                         if data.skipped else "")
+                      + (f"left out {len(data.left_out)} non-image file(s) (first: {data.left_out[0]}); "
+                         if data.left_out else "") +
                       f"device {accelerator.device}")
 
     if cfg.optim.warmup_epochs > cfg.epochs / 2 and state.epoch == 0:  # a short run under a long warmup
@@ -368,14 +388,16 @@ def train(cfg: TrainConfig) -> dict:
         results["test_loss"], results["test_acc"] = scores["loss"], scores["accuracy"]
     if state.best_weights == "ema":  # the average is a plain module on every rank, whatever the engine
         if is_main:
-            save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()},
-                      str(run_dir / "model.safetensors"), metadata={"format": "pt"})
+            save_safetensors(ema.module.state_dict(), run_dir / "model.safetensors", metadata={"format": "pt"})
     else:
         accelerator.save_model(model, str(run_dir))  # run_dir/model.safetensors: the best weights, unwrapped
+        if is_main:
+            make_readable(run_dir / "model.safetensors")  # safetensors writes 0600
     if is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         about = {"run_dir": str(run_dir), "weights_file": str(run_dir / "model.safetensors"),
-                 "epoch": state.best_epoch, "data": data.source, "precision": cfg.precision}
+                 "checkpoint": best_dir.name, "epoch": state.best_epoch, "step": state.best_epoch * steps_per_epoch,
+                 "data": data.source, "precision": cfg.precision}
         if scores is not None:  # what `vitdist eval RUN` would write
             write_eval(run_dir, "test", "best", scores, data.classes, about)
             if cfg.log.wandb:
@@ -391,6 +413,68 @@ def train(cfg: TrainConfig) -> dict:
     for tracker in accelerator.trackers:
         tracker.finish()
     return results
+
+
+def check_wandb_ready() -> None:
+    """--log.wandb needs a login or an offline mode; say so on one line before anything is written, rather than
+    wandb's 35-line UsageError from inside the run. Reads credentials as wandb.init would (environment, .netrc,
+    wandb's settings), without the network."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "dryrun", "disabled") or os.environ.get("WANDB_API_KEY") or \
+            parse_flag_from_env("WANDB_DISABLED"):
+        return
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib.wbauth import authenticate_session
+
+        settings = wandb_setup.singleton().settings
+        if settings.mode in ("offline", "dryrun", "disabled"):
+            return
+        found = authenticate_session(host=settings.base_url, source="vitdist", prompt=False, verify=False,
+                                     update_session=False)
+    except (ImportError, AttributeError, TypeError):  # another wandb version: let wandb.init say it
+        return
+    if found is None:
+        raise UserError("--log.wandb: W&B has no login here: run `wandb login` (or set WANDB_API_KEY), or log "
+                        "offline with WANDB_MODE=offline (then `wandb sync RUN_DIR/wandb/offline-run-*` later)")
+
+
+def extension(cfg: TrainConfig, planned: int, step: int, lr_now: float, steps_per_epoch: int) -> dict:
+    """config.json's "extended" entry for a resume that extends the run to cfg.epochs (optim.scheduled_lr reads
+    it): a new cosine from the rate now, or with --extend-lr, a warmup to that peak over a tenth of the added
+    steps first."""
+    ext = {"from_epochs": planned, "epochs": cfg.epochs, "from_step": step, "from_lr": lr_now}
+    if cfg.extend_lr is not None:
+        added = (cfg.epochs - planned) * steps_per_epoch
+        ext.update(peak_lr=cfg.extend_lr, warmup_steps=max(1, round(added / 10)))
+    return ext
+
+
+def describe_extension(ext: dict, cfg: TrainConfig, planned: int) -> str:
+    added = ext["epochs"] - planned
+    if "peak_lr" in ext:
+        return (f"extending the run from {planned} to {ext['epochs']} epochs: the learning rate warms up from "
+                f"{ext['from_lr']:.3g} to --extend-lr {ext['peak_lr']:.3g} over {ext['warmup_steps']} steps, then "
+                f"a cosine down to min_lr {cfg.optim.min_lr:.3g} over the {added} added epochs (config.json's "
+                f"\"extended\")")
+    text = (f"extending the run from {planned} to {ext['epochs']} epochs: the learning rate goes on from "
+            f"{ext['from_lr']:.3g} down to min_lr {cfg.optim.min_lr:.3g} over the {added} added epochs (a new "
+            f"cosine; config.json's \"extended\")")
+    if ext["from_lr"] <= cfg.optim.min_lr + 0.02 * (cfg.optim.lr - cfg.optim.min_lr):  # the schedule had ended
+        text += (f"\nwarning: the run had finished its schedule, so the added epochs run at about min_lr "
+                 f"{cfg.optim.min_lr:.3g}, which barely moves the weights: to train on, stop this and resume with "
+                 f"--extend-lr {cfg.optim.lr / 2:.2g} (a warmup to that rate, then a new cosine)")
+    return text
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether a write failed for want of space: an OSError (ENOSPC, EDQUOT), or what torch.save (RuntimeError)
+    and safetensors (SafetensorError) raise in its place."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    return ("No space left" in text or "StorageFull" in text or "Disk quota" in text
+            or (isinstance(e, RuntimeError) and "file write failed" in text))
 
 
 def engine_name(accelerator: Accelerator, zero_stage: int) -> str:
@@ -567,6 +651,9 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState) 
     out = checkpoint_dir(run_dir, state.epoch, state.step if state.step_in_epoch else None)
     accelerator.save_state(str(out))
     if accelerator.is_main_process:
+        for file in out.iterdir():  # safetensors writes 0600; the rest of the folder is the user's usual mode
+            if file.is_file():
+                make_readable(file)
         tmp = out / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(asdict(state)))
         os.replace(tmp, out / STATE_FILE)  # atomic: a crash before this leaves a folder resume ignores
@@ -652,7 +739,7 @@ def clear_earlier_run(run_dir: Path, allowed: bool, accelerator: Accelerator) ->
 
 # What a resume may change; anything else in the run's config.json stays as it was.
 RESUME_MAY_CHANGE = ("epochs", "resume", "run_dir", "overwrite", "test_at_end", "checkpoint_every_epochs",
-                     "checkpoint_every_steps", "compile",
+                     "checkpoint_every_steps", "compile", "extend_lr",
                      "data.root", "data.num_workers", "batch.micro_batch_size", "batch.auto", "log.")
 
 
@@ -680,10 +767,11 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def truncate_jsonl(path: Path, key: str, last: int) -> None:
-    """Drop rows written after the checkpoint we resume from (the run died between log and checkpoint)."""
+    """Drop rows written after the checkpoint we resume from (the run died between log and checkpoint), and a
+    torn last line (it died while writing it: a full disk, a lost machine)."""
     if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)[key] <= last]
-        path.write_text("".join(r + "\n" for r in rows))
+        rows = [row for row in read_jsonl(path) if row[key] <= last]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def flat_config(cfg: TrainConfig, derived: Derived) -> dict:
@@ -775,20 +863,23 @@ class EpochTable:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
+    from .cli import ReaderLeftSafe, exit_on_user_error
     from .presets import parse_train_config
 
     with exit_on_user_error():
         cfg = parse_train_config(argv, prog="vitdist train")
+        if isinstance(sys.stdout, ReaderLeftSafe):  # `vitdist train ... | head`: the run goes on, and says so
+            sys.stdout.note = ("vitdist: the reader of this output left (a closed pipe): training goes on without "
+                               "printing; the run folder keeps every record")
+        launch = ("accelerate launch --num_processes {} -m vitdist.train".format(os.environ["WORLD_SIZE"])
+                  if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "vitdist train")
         try:
             with STOP.installed():
                 train(cfg)
             code = 0
         except Interrupted as e:
-            launch = ("accelerate launch --num_processes {} -m vitdist.train".format(os.environ["WORLD_SIZE"])
-                      if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "vitdist train")
-            print(f"vitdist: stopped on {e} with a checkpoint in {e.checkpoint}. Continue with: {launch} --run-dir "
-                  f"{cfg.run_dir} --resume auto", file=sys.stderr)
+            again = f"{launch} {shlex.join(sys.argv[1:] if argv is None else argv)}"
+            print(stopped_line(e, f"{launch} --run-dir {cfg.run_dir} --resume auto", again), file=sys.stderr)
             code = e.exit_code
         except Diverged as e:
             kept = complete_checkpoints(Path(cfg.run_dir) / "checkpoints")
@@ -797,12 +888,37 @@ def main(argv: list[str] | None = None) -> int:
                      "again with --overwrite")
             print(f"vitdist: training stopped: {e}. {where}. Try: {NAN_ADVICE}.", file=sys.stderr)
             code = 1
+        except Exception as e:
+            if not disk_full(e):
+                raise
+            print(disk_full_line(e, Path(cfg.run_dir), f"{launch} --run-dir {cfg.run_dir} --resume auto"),
+                  file=sys.stderr)
+            code = 1
         finally:
             if torch.distributed.is_initialized():  # train() leaves it up for a next run in the same processes
                 torch.distributed.destroy_process_group()
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         exit_now(code)
     return code
+
+
+def stopped_line(e: Interrupted, command: str, again: str) -> str:
+    """What a run stopped by a signal says, on one line: the command that continues it from its checkpoint, or,
+    stopped before training began, the one that starts it again."""
+    if e.checkpoint is None:
+        return f"vitdist: stopped on {e} before training began: nothing to save. Start again with: {again}"
+    return f"vitdist: stopped on {e} with a checkpoint in {e.checkpoint}. Continue with: {command}"
+
+
+def disk_full_line(e: BaseException, run_dir: Path, command: str) -> str:
+    """What a run stopped by a full disk says, on one line: what failed, and the last checkpoint that is whole."""
+    kept = complete_checkpoints(run_dir / "checkpoints")
+    free = shutil.disk_usage(next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())).free
+    what = (getattr(e, "strerror", None) or str(e).strip().splitlines()[0])[:160]
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    last = (f"the last complete checkpoint is {kept[-1]}" if kept else "no checkpoint was complete yet")
+    return (f"vitdist: stopped: the disk holding {run_dir} is full ({what}{where}; {free / 2**20:.0f} MB free "
+            f"now); {last}. Free some space, then continue with: {command}")
 
 
 def exit_now(code: int) -> None:
