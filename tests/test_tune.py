@@ -32,7 +32,7 @@ def planted(monkeypatch):
     """tune's trials, sweep, checks and diagnosis replaced by planted ones; returns the trials run."""
     calls = []
 
-    def train_trial(cfg):
+    def train_trial(cfg, resume=False):
         calls.append(cfg.run_dir)
         if cfg.optim.lr == 1e-2:
             return None, "loss became NaN"
@@ -107,11 +107,11 @@ def test_resume_reads_finished_trials_back(tmp_path, planted, monkeypatch):
     """Killed as its fourth trial starts; --resume auto reruns nothing finished and ends as an unbroken tune."""
     real = tune_mod.train_trial
 
-    def dies_at_fourth(cfg):
+    def dies_at_fourth(cfg, resume=False):
         if len(planted) == 3:
             planted.append("killed")
             raise KeyboardInterrupt
-        return real(cfg)
+        return real(cfg, resume)
 
     monkeypatch.setattr(tune_mod, "train_trial", dies_at_fourth)
     args = tune_args(tmp_path, budget_trials=20)
@@ -154,7 +154,8 @@ def test_with_wandb_the_trials_share_a_group_and_the_decisions_are_a_table(tmp_p
     monkeypatch.setenv("WANDB_MODE", "offline")
     seen = []
     real = tune_mod.train_trial
-    monkeypatch.setattr(tune_mod, "train_trial", lambda cfg: (seen.append(cfg.log.wandb_group), real(cfg))[1])
+    monkeypatch.setattr(tune_mod, "train_trial",
+                        lambda cfg, resume=False: (seen.append(cfg.log.wandb_group), real(cfg, resume))[1])
     args = tune_args(tmp_path, budget_trials=20)
     args = replace(args, train=replace(args.train, log=replace(args.train.log, wandb=True)))
     tune_mod.tune(args)

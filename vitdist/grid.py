@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import tyro
 
 from .config import TrainConfig, UserError
-from .trials import is_main, read_trial_log, say, train_trial
+from .trials import is_main, read_trial_log, say, sweep_folder, train_trial
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,17 @@ def sweep_grid(cfg: TrainConfig, specs: list[str], random_draws: int, sweep_dir:
     # Every trial's config is built (and validated) before the first one trains.
     configs = [replace(apply_overrides(cfg, t), run_dir=str(sweep_dir / f"trial_{i:03d}"), resume=None)
                for i, t in enumerate(trials)]
+    with sweep_folder(sweep_dir, "--sweep-dir", ["trial_*", "results.json"], cfg):
+        return _sweep_grid(cfg, grid, trials, configs, random_draws, sweep_dir)
+
+
+def _sweep_grid(cfg: TrainConfig, grid: dict, trials: list[dict], configs: list[TrainConfig], random_draws: int,
+                sweep_dir: Path) -> dict:
     rows = []
     for i, (overrides, run_cfg) in enumerate(zip(trials, configs)):
         say(f"\n=== sweep grid trial {i + 1}/{len(trials)}: "
              f"{' '.join(f'{k}={v}' for k, v in overrides.items())} -> {run_cfg.run_dir}")
-        results, error = train_trial(run_cfg)
+        results, error = train_trial(run_cfg, resume=cfg.resume is not None)
         metrics = read_trial_log(Path(run_cfg.run_dir) / "metrics.jsonl")
         rows.append({"trial": i, "run_dir": run_cfg.run_dir, "overrides": overrides, "error": error,
                      "best_val_acc": results["best_val_acc"] if results else None,

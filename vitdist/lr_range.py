@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,8 @@ import tyro
 
 from .config import TrainConfig, UserError
 from .plots import plot_range
-from .trials import finite, is_main, smooth
+from .stopping import STOP
+from .trials import finite, is_main, smooth, sweep_folder
 
 RANGE_SMOOTH_SPAN = 0.05
 """The range test smooths its loss over a window of this share of --num-steps (at least 3 steps), so the window
@@ -50,6 +52,15 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
     """One run with lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1)); stops when the smoothed loss
     exceeds RANGE_STOP_FACTOR x its minimum or is not finite. A check-sized loop, not a training run: no
     checkpoints, no validation. Writes range.json and range.png in out_dir."""
+    if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
+        raise UserError(f"--start-lr and --end-lr must satisfy 0 < start < end, got {start_lr:g} and {end_lr:g}")
+    if num_steps < 10:
+        raise UserError(f"--num-steps must be >= 10 (a few hundred is usual), got {num_steps}")
+    with sweep_folder(Path(out_dir), "--sweep-dir", ["range.json", "range.png"], cfg, what="range test"):
+        return _range_test(cfg, start_lr, end_lr, num_steps, Path(out_dir))
+
+
+def _range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int, out_dir: Path) -> dict:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -60,10 +71,6 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
     from .processes import make_accelerator, process_device
     from .train import batch_plan, optimizer_step
 
-    if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
-        raise UserError(f"--start-lr and --end-lr must satisfy 0 < start < end, got {start_lr:g} and {end_lr:g}")
-    if num_steps < 10:
-        raise UserError(f"--num-steps must be >= 10 (a few hundred is usual), got {num_steps}")
     # The trainer's own set-up and optimizer step (vitdist.train.optimizer_step), with a rate of our own.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     micro, accum = batch_plan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size)
@@ -82,7 +89,7 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
 
     factor = (end_lr / start_lr) ** (1 / (num_steps - 1))
     beta = 1 - 2 / (_range_span(num_steps) + 1)
-    lrs, losses, stopped = [], [], None
+    lrs, losses, stopped, interrupted = [], [], None, None
     bar = tqdm(total=num_steps, desc="range test", leave=False,
                disable=not (is_main() and cfg.log.progress and sys.stderr.isatty()))
     model.train()
@@ -92,8 +99,9 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
             lr = start_lr * factor ** len(losses)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            _, stats = optimizer_step(accelerator, model, optimizer, augment, x, y, micro, cfg, input_dtype)
-            value = stats[0].item()  # the stopping rule needs every step's loss: one read a step, by design
+            _, stats = optimizer_step(accelerator, model, optimizer, augment, x, y, micro, cfg, input_dtype,
+                                      STOP.requested)
+            value, _, asked = stats.tolist()  # the stopping rule needs every step's loss: one read a step, by design
             lrs.append(lr)
             losses.append(value)  # the mean over ranks: every rank takes the same decision below
             bar.update(1)
@@ -104,6 +112,10 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
                 stopped = f"smoothed loss above {RANGE_STOP_FACTOR:g}x its minimum at lr {lr:.3g}"
             elif len(losses) >= num_steps:
                 stopped = f"reached --num-steps {num_steps}"
+            elif asked > 0 or (world_size == 1 and STOP.requested):  # a signal here, or one another rank saw:
+                # one process stops at the step it is in; several at the step whose all-reduce carried the flag
+                interrupted = STOP.signum or signal.SIGTERM
+                stopped = f"{signal.Signals(interrupted).name} after {len(losses)} of {num_steps} steps"
             if stopped:
                 break
         if stopped:
@@ -114,13 +126,18 @@ def range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int,
               "stop_factor": RANGE_STOP_FACTOR, **range_suggestion(lrs, losses, _range_span(num_steps)),
               "lrs": lrs, "losses": [v if finite(v) else None for v in losses]}
     if is_main():
-        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "range.json").write_text(json.dumps(report, indent=2) + "\n")
         plot_range(report, out_dir / "range.png", RANGE_STOP_FACTOR)
         print(f"range test: {len(losses)} steps, lr {start_lr:g} -> {lrs[-1]:.3g}; stopped: {stopped}")
         print(report["advice"])
         print(f"wrote {out_dir / 'range.json'} and {out_dir / 'range.png'}")
+        if interrupted:
+            print(f"vitdist: stopped on {stopped}: the curve so far is in {out_dir / 'range.json'} and range.png. A "
+                  f"range test is one short run with no checkpoint: run the command again to test the whole range",
+                  file=sys.stderr)
+    if interrupted:
+        report["exit_code"] = 128 + interrupted
     return report
 
 

@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 import tyro
 
 from .config import TrainConfig, UserError
-from .trials import finite, is_main, read_trial_log, say, smooth, train_trial
+from .trials import finite, is_main, read_trial_log, say, smooth, sweep_folder, train_trial
 
 # --- verdict thresholds for one loss curve (per optimizer step), all relative to the curve's start
 EMA_BETA = 0.9
@@ -132,9 +132,15 @@ class LrSweepArgs:
 
 
 def sweep_lr(cfg: TrainConfig, lrs: list[float], sweep_dir: str | Path, schedule: str = "constant") -> dict:
-    """One run per rate; verdicts, recommendation, sweep.json and sweep.png in sweep_dir."""
+    """One run per rate; verdicts, recommendation, sweep.json and sweep.png in sweep_dir. With cfg.resume, each
+    rate's run continues where it stopped (a finished one reads its results back)."""
     lrs = _check_lrs(lrs)
     sweep_dir = Path(sweep_dir)
+    with sweep_folder(sweep_dir, "--sweep-dir", ["lr_*", "sweep.json", "sweep.png"], cfg):
+        return _sweep_lr(cfg, lrs, sweep_dir, schedule)
+
+
+def _sweep_lr(cfg: TrainConfig, lrs: list[float], sweep_dir: Path, schedule: str) -> dict:
     runs = []
     for i, lr in enumerate(lrs):
         optim = replace(cfg.optim, lr=lr, min_lr=min(cfg.optim.min_lr, lr))
@@ -142,7 +148,7 @@ def sweep_lr(cfg: TrainConfig, lrs: list[float], sweep_dir: str | Path, schedule
             optim = replace(optim, warmup_epochs=0.0, min_lr=lr)  # cosine from lr to lr: flat
         run_cfg = replace(cfg, optim=optim, run_dir=str(sweep_dir / f"lr_{lr:g}"), resume=None)
         say(f"\n=== sweep lr {i + 1}/{len(lrs)}: lr {lr:g} -> {run_cfg.run_dir}")
-        results, error = train_trial(run_cfg)
+        results, error = train_trial(run_cfg, resume=cfg.resume is not None)
         steps = read_trial_log(Path(run_cfg.run_dir) / "steps.jsonl")
         metrics = read_trial_log(Path(run_cfg.run_dir) / "metrics.jsonl")
         runs.append({"lr": lr, "run_dir": run_cfg.run_dir, "error": error,
@@ -258,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     from .grid import GridArgs, sweep_grid
     from .lr_range import RangeArgs, range_test
     from .presets import parse_with_preset
+    from .trials import run_interruptible
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -273,13 +280,18 @@ def main(argv: list[str] | None = None) -> int:
             # A curve to read, not a model to keep: a few epochs a rate, not the preset's 100.
             args = replace(args, train=replace(args.train, epochs=SWEEP_EPOCHS))
             say(f"sweep lr: {SWEEP_EPOCHS} epochs a rate (the default here; --epochs N for more)")
-        if mode == "lr":
-            sweep_lr(args.train, list(args.lrs), args.sweep_dir, args.schedule)
-        elif mode == "range":
-            range_test(args.train, args.start_lr, args.end_lr, args.num_steps, args.sweep_dir)
-        else:
-            sweep_grid(args.train, list(args.set), args.random, args.sweep_dir)
-    return 0
+
+        def work():
+            if mode == "lr":
+                sweep_lr(args.train, list(args.lrs), args.sweep_dir, args.schedule)
+            elif mode == "range":
+                return range_test(args.train, args.start_lr, args.end_lr, args.num_steps, args.sweep_dir).get(
+                    "exit_code", 0)
+            else:
+                sweep_grid(args.train, list(args.set), args.random, args.sweep_dir)
+
+        return run_interruptible(work, f"vitdist sweep {mode}", rest,
+                                 "finishing this step, then writing the curve so far" if mode == "range" else None)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Annotated, Optional
 import tyro
 
 from .config import TrainConfig, UserError, from_dict, to_dict
-from .trials import is_main, say, train_trial
+from .trials import is_main, say, sweep_folder, train_trial
 
 NOISE_Z = 2.0  # a kept change beats the best by more than this many standard errors of the difference
 # Advice a fixed-length trial cannot take: a longer run (trials compare at the same epochs), the overfit check
@@ -111,9 +111,6 @@ class Tuner:
             old = json.loads((self.dir / "tune.json").read_text())
             self.done = {t["name"]: t for t in old["trials"] if t["best_val_acc"] is not None or t["error"]}
             self.sweep = old.get("sweep")
-        elif (self.dir / "tune.json").is_file() and not self.resuming:
-            raise UserError(f"--tune-dir {self.dir} holds an earlier tune: continue it with --resume auto, or pick "
-                            f"another --tune-dir")
 
     # --- budget and records
 
@@ -167,7 +164,8 @@ class Tuner:
         else:
             say(f"\n=== tune {name}: {what} -> {run_dir}")
             start = time.perf_counter()
-            results, trial.error = train_trial(cfg)
+            # Resumed: a trial interrupted mid-run (Ctrl-C, SIGTERM: it saved a checkpoint) continues from there.
+            results, trial.error = train_trial(cfg, resume=self.resuming)
             trial.seconds = time.perf_counter() - start
             if results is not None:
                 trial.best_val_acc = results["best_val_acc"]
@@ -203,7 +201,17 @@ def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, 
     return [c for c in out if c[2] not in tried]
 
 
+# What a tune leaves in its folder: a new tune there refuses it (or deletes it with --overwrite).
+TUNE_FILES = ["tune.json", "tune.md", "tune.png", "trial_*", "final", "sweep-lr", "wandb"]
+
+
 def tune(args: TuneArgs) -> dict:
+    """The tune, holding its folder (one tune per folder) from start to end."""
+    with sweep_folder(Path(args.tune_dir), "--tune-dir", TUNE_FILES, args.train, what="tune"):
+        return _tune(args)
+
+
+def _tune(args: TuneArgs) -> dict:
     from .checks import run_checks
     from .diagnose import diagnose
     from .runs import read_run
@@ -223,8 +231,8 @@ def tune(args: TuneArgs) -> dict:
     t.decide("check", "shape, gradient and overfit checks", {}, "PASS", "the model can learn: go on")
 
     # 2. the learning rate
-    if t.sweep is None:
-        sweep_cfg = replace(template, epochs=args.sweep_epochs)
+    if t.sweep is None:  # resumed: the sweep's finished rates read back, an interrupted one continued
+        sweep_cfg = replace(template, epochs=args.sweep_epochs, resume=args.train.resume, overwrite=False)
         t.sweep = sweep_lr(sweep_cfg, list(args.lrs), t.dir / "sweep-lr")
     lr = t.sweep["recommended_lr"]
     verdicts = {f"{r['lr']:g}": r["verdict"] for r in t.sweep["runs"]}
@@ -391,7 +399,9 @@ def plot_tune(record: dict, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from .cli import exit_on_user_error
     from .presets import parse_with_preset
+    from .trials import run_interruptible
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     with exit_on_user_error():
         args = parse_with_preset(TuneArgs, argv, "vitdist tune",
                                  "The checklist's order of work under a budget: check, sweep the rate, a baseline, "
@@ -399,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("budget_trials", "sweep_epochs"):
             if getattr(args, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        summary = tune(args)
-    return 1 if "failed" in summary else 0
+        return run_interruptible(lambda: 1 if "failed" in tune(args) else 0, "vitdist tune", argv)
 
 
 if __name__ == "__main__":
