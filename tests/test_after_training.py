@@ -16,7 +16,7 @@ import vitdist
 from conftest import REPO, run_cli, tiny_config
 from test_distributed import accelerate_launch
 from test_faults import image_folder
-from vitdist import evaluate, predict
+from vitdist import evaluate, export, predict
 from vitdist.config import DataConfig
 from vitdist.data import load_data
 from vitdist.train import train
@@ -62,6 +62,9 @@ def test_eval_reproduces_the_runs_numbers_on_each_split(folder_run, tmp_path):
     assert {k: again[k] for k in ("accuracy", "confusion", "per_class_accuracy")} == \
         {k: before[k] for k in ("accuracy", "confusion", "per_class_accuracy")}
     assert abs(again["loss"] - before["loss"]) < 1e-6
+    # Which weights: the run's own record (its state) and eval's (the metrics it reads) name the same checkpoint.
+    assert {k: again[k] for k in ("checkpoint", "epoch", "step")} == {k: before[k] for k in ("checkpoint", "epoch",
+                                                                                           "step")}
     best = max((json.loads(r) for r in open(run / "metrics.jsonl")), key=lambda r: r["val_acc"])
     evaluate.main([str(run), "--split", "val", "--no-plot"])
     val = json.loads((run / "eval-val.json").read_text())
@@ -161,6 +164,16 @@ def test_bad_input_is_one_line_and_exit_2(folder_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err, (args, err)
         assert err.startswith("vitdist: error:") and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_the_model_card_names_the_val_folder_the_run_validated_on(folder_run, tmp_path):
+    """Issue 16 (c), a root with val/ (test_after_training_faults.py has the hold-out): that folder, by name; the
+    card is published, so no path of this machine."""
+    run, root = folder_run
+    assert export.main([str(run), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert f"- Source: imagefolder ({root.name})\n" in card and "; validation: the data's val/ folder\n" in card
+    assert "hold-out" not in card and str(root) not in card
 
 
 def test_the_readme_loading_example_runs(folder_run, tmp_path):

@@ -226,7 +226,8 @@ def test_an_export_that_does_not_reproduce_the_logits_exits_1_with_the_figure(ru
         return forward
 
     monkeypatch.setattr(torch.jit, "load", batch_baked_in)  # a runtime error is a failed check too, not a crash
-    assert export.main([str(folder), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 1
+    assert export.main([str(folder), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                        "--overwrite"]) == 1  # over the first, left there to inspect
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitdist: export check failed: torchscript: torch.jit.load could not run")
     assert len(err.splitlines()) == 1 and "on 7 images: shape '[4, 17, 3, 2, 16]' is invalid" in err

@@ -4,8 +4,9 @@
     vitdist eval runs/latest --split val --weights last
     accelerate launch --num_processes 2 -m vitdist.evaluate runs/latest
 
-Writes RUN/eval-<split>.json (loss, accuracy, top-5 accuracy, per-class accuracy, the confusion matrix) and
-RUN/confusion-<split>.png. `vitdist train` writes the same two files for the test split of its best epoch.
+Writes RUN/eval-<split>.json (loss, accuracy, top-5 accuracy, per-class accuracy, the confusion matrix, and which
+checkpoint was scored) and RUN/confusion-<split>.png, or where --out says (a run folder you cannot write in).
+`vitdist train` writes the same two files for the test split of its best epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 import tyro
 
 from .config import DataConfig, UserError
+from .files import require_writable
 from .runs import load_run, run_config
 
 TOP_K = 5  # top-5 accuracy, reported from 10 classes up (below that it is near 1 by construction)
@@ -64,23 +66,34 @@ def eval_names(split: str, weights: str) -> tuple[str, str]:
     return f"eval-{split}{suffix}.json", f"confusion-{split}{suffix}.png"
 
 
+def eval_paths(out: Optional[str], run_dir: Path, split: str, weights: str) -> tuple[Path, Path]:
+    """(scores, picture): in the run folder; --out FILE.json and FILE.png beside it; --out FOLDER/ with the
+    run folder's names."""
+    json_name, png_name = eval_names(split, weights)
+    if out is None:
+        return run_dir / json_name, run_dir / png_name
+    path = Path(out)
+    return (path, path.with_suffix(".png")) if path.suffix == ".json" else (path / json_name, path / png_name)
+
+
 def write_eval(run_dir: Path, split: str, weights: str, scores: dict, classes: list[str], about: dict,
-               plot: bool = True) -> tuple[Path, Optional[Path]]:
-    """RUN/eval-<split>.json and, with `plot`, RUN/confusion-<split>.png."""
+               plot: bool = True, out: Optional[str] = None) -> tuple[Path, Optional[Path]]:
+    """RUN/eval-<split>.json and, with `plot`, RUN/confusion-<split>.png (or where `out` says: eval_paths)."""
     from .plots import plot_confusion
 
-    json_name, png_name = eval_names(split, weights)
+    json_path, png_path = eval_paths(out, run_dir, split, weights)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     record = {"split": split, "weights": weights, **about, "classes": classes, **scores}
     # One key a line, and the matrix one row a line: readable at 100 classes, where indent=2 gives 10,000 lines.
     lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items() if k != "confusion"]
     lines.append('  "confusion": [\n' + ",\n".join(f"    {json.dumps(row)}" for row in scores["confusion"]) + "\n  ]")
-    (run_dir / json_name).write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    json_path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
     png = None
     if plot:
-        png = plot_confusion(scores["confusion"], classes, run_dir / png_name,
+        png = plot_confusion(scores["confusion"], classes, png_path,
                              f"{run_dir.resolve().name}: {split}, {weights} weights, accuracy "
                              f"{scores['accuracy']:.4f} ({scores['num_samples']:,} images)")
-    return run_dir / json_name, png
+    return json_path, png
 
 
 def log_to_wandb(run, split: str, scores: dict, classes: list[str], weights: Path, about: dict, step: int) -> None:
@@ -103,15 +116,16 @@ def log_to_wandb(run, split: str, scores: dict, classes: list[str], weights: Pat
     run.log_artifact(artifact, aliases=["best"])
 
 
-def summary(split: str, scores: dict, classes: list[str]) -> str:
-    """Two lines: the split's numbers, then its weakest and strongest classes."""
+def summary(split: str, scores: dict, classes: list[str], scored: str = "") -> str:
+    """Two lines: the split's numbers (and `scored`: which weights), then its weakest and strongest classes."""
     top5 = f", top-5 {scores['top5_accuracy']:.4f}" if scores["top5_accuracy"] is not None else ""
     ranked = sorted((a, c) for a, c in zip(scores["per_class_accuracy"], classes) if a is not None)
     shown = min(3, len(ranked) // 2) or 1
     worst = ", ".join(f"{c} {a:.3f}" for a, c in ranked[:shown])
     best = ", ".join(f"{c} {a:.3f}" for a, c in reversed(ranked[-shown:]))
     return (f"{split}: {scores['num_samples']:,} images, loss {scores['loss']:.4f}, accuracy "
-            f"{scores['accuracy']:.4f}{top5}\n  weakest classes: {worst}; strongest: {best}")
+            f"{scores['accuracy']:.4f}{top5}{'; ' + scored if scored else ''}\n  weakest classes: {worst}; "
+            f"strongest: {best}")
 
 
 @dataclass
@@ -132,6 +146,13 @@ class EvalArgs:
     """Default: the run's own precision where this device runs it, else fp32 (`no`)."""
     plot: bool = True
     """Write RUN/confusion-<split>.png."""
+    out: Optional[str] = None
+    """Where to write instead of the run folder (one you cannot write in, say): a .json file, with the confusion
+    picture beside it (the same name, .png), or a folder for eval-<split>.json and confusion-<split>.png."""
+
+    def __post_init__(self):
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 def evaluate_run(args: EvalArgs) -> dict:
@@ -140,6 +161,10 @@ def evaluate_run(args: EvalArgs) -> dict:
     from .processes import make_accelerator, process_device
 
     run_dir = Path(args.run_dir)
+    # Before any work: where the scores go must take them (the default split is known only with the data).
+    for split in [args.split] if args.split else ["test", "val"]:
+        for path in eval_paths(args.out, run_dir, split, args.weights)[:1 + args.plot]:
+            require_writable(path, "pass --out PATH (a .json file or a folder) where you can write")
     model, info = load_run(run_dir, args.weights)
     device = process_device()
     precision = args.precision or info.config.precision
@@ -162,11 +187,14 @@ def evaluate_run(args: EvalArgs) -> dict:
     model.to(accelerator.device)  # not prepare(): scoring needs no gradient sync, and the weights have no grads
     with accelerator.autocast():  # the run's precision, as its own evaluation had it
         scores = score_split(model, loader, info.normalize, accelerator, len(info.classes))
-    about = {"run_dir": str(run_dir), "weights_file": str(info.weights_file), "epoch": info.epoch,
-             "data": data.source, "precision": precision}
+    # Which checkpoint was scored, by name: "best" alone does not say it (a live run's best so far, its average).
+    about = {"run_dir": str(run_dir), "weights_file": str(info.weights_file), "checkpoint": info.checkpoint,
+             "epoch": info.epoch, "step": info.step, "data": data.source, "precision": precision}
     if accelerator.is_main_process:
-        json_path, png = write_eval(run_dir, split, args.weights, scores, info.classes, about, args.plot)
-        print(summary(split, scores, info.classes))
+        json_path, png = write_eval(run_dir, split, args.weights, scores, info.classes, about, args.plot, args.out)
+        scored = (f"{args.weights} weights, {info.checkpoint or info.weights_file.name} (epoch {info.epoch}, step "
+                  f"{info.step})")
+        print(summary(split, scores, info.classes, scored))
         print(f"-> {json_path}" + (f", {png}" if png else ""))
     accelerator.wait_for_everyone()
     return scores
@@ -177,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     description = ("Score a run's saved model on a split of its data: loss, accuracy, top-5, per-class accuracy "
-                   "and the confusion matrix, into RUN/eval-<split>.json and RUN/confusion-<split>.png.")
+                   "and the confusion matrix, into RUN/eval-<split>.json and RUN/confusion-<split>.png (or --out).")
     with exit_on_user_error():
         args = tyro.cli(EvalArgs, args=argv, prog="vitdist eval", description=description)
         # Again, on the run's own data settings: the flags given override those, not the defaults.

@@ -16,7 +16,8 @@ random images, normalized as the run normalizes; a check that fails exits 1 with
   hub          RUN/export/hub/: VisionTransformer.save_pretrained (huggingface_hub's mixin) plus a model card;
                from_pretrained, identical logits. Nothing is uploaded.
 
-Every export holds fp32 weights, in eval mode (dropout off).
+Every export holds fp32 weights, in eval mode (dropout off). Nothing already there is replaced without
+--overwrite, and a folder that holds anything the format does not write is never used (an upload would push it).
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ from typing import Callable, Literal, Optional
 import torch
 import tyro
 
-from .config import UserError
+from .config import DataConfig, UserError
+from .files import require_writable
+from .files import make_readable, save_safetensors
 from .model import VisionTransformer, count_parameters
-from .runs import DATA_FILE, RunInfo, load_run, read_json, read_jsonl
+from .runs import DATA_FILE, EMA_FILE, RunInfo, load_run, read_json, read_jsonl, run_config
 
 Format = Literal["safetensors", "timm", "torchscript", "onnx", "hub"]
 # --out's default, inside RUN/export/: a file for the one-file formats, a folder for the others.
 DEFAULT_NAMES = {"safetensors": "model.safetensors", "timm": "timm", "torchscript": "model.pt",
                  "onnx": "model.onnx", "hub": "hub"}
 FOLDER_FORMATS = ("timm", "hub")
+# What a folder format writes: all --overwrite deletes, and all a folder may hold for the export to go into it.
+FOLDER_FILES = {"timm": ("model.safetensors", "timm_config.json", "README.md"),
+                "hub": ("model.safetensors", "config.json", "README.md")}
 
 # The bound on max |logit diff| each check holds. The weights-only formats run the very same operations, so
 # they must agree bit for bit; timm runs its own (mathematically equal) code; a traced graph and onnxruntime
@@ -74,6 +80,9 @@ class ExportArgs:
     out: Optional[str] = None
     """Where to write. Default: RUN/export/model.safetensors, RUN/export/timm/, RUN/export/model.pt,
     RUN/export/model.onnx or RUN/export/hub/. A folder given to a one-file format gets the file inside it."""
+    overwrite: bool = False
+    """Replace what is at --out: the file, or an earlier export of the same format in the folder (its files only;
+    a folder holding anything else is refused, with or without this flag)."""
     weights: Literal["best", "last", "ema"] = "best"
     """best: the run's model.safetensors (its best epoch, raw or averaged as results.json says; while it runs, the
     best so far); last: its newest checkpoint's raw weights; ema: that checkpoint's moving average (--ema.decay)."""
@@ -144,9 +153,7 @@ def figure(diff: float) -> str:
 
 
 def save_state_dict(model: VisionTransformer, path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
+    save_safetensors(model.state_dict(), path, metadata)  # the user's usual file mode, not safetensors' 0600
 
 
 # --- safetensors
@@ -371,17 +378,37 @@ def val_accuracy(info: RunInfo) -> Optional[float]:
     return next((r.get("val_acc") for r in rows if r.get("epoch") == info.epoch), None)
 
 
+def data_folder_name(root: Optional[str]) -> str:
+    """A data root by its last component: the card is published, the machine's paths are not."""
+    path = Path(root or ".").expanduser()
+    return path.name or path.resolve().name
+
+
+def validation_source(d: DataConfig) -> str:
+    """The validation split the run used, by data.load_data's rule: an ImageFolder's val/ where the root has one,
+    else a seeded, stratified val_fraction of the training split."""
+    of = "train/" if d.name == "imagefolder" else "the training split"
+    held_out = f"a seeded, stratified {d.val_fraction:.0%} hold-out of {of}"
+    if d.name != "imagefolder":
+        return held_out
+    root = Path(d.root or ".").expanduser()
+    if (root / "val").is_dir():
+        return "the data's val/ folder"
+    if (root / "train").is_dir():
+        return f"{held_out} (the data has no val/ folder)"
+    return f"the data's val/ folder if it had one, else {held_out} (the data is not here to tell which)"
+
+
 def model_card(model: VisionTransformer, info: RunInfo, folder: Path) -> str:
     from huggingface_hub import ModelCardData
 
     c, results = info.config, info.results or {}
     data = read_json(info.dir / DATA_FILE) or {}
     name = info.dir.resolve().name
-    source = c.data.name + (f" ({c.data.root})" if c.data.root else "")
+    source = c.data.name + (f" ({data_folder_name(c.data.root)})" if c.data.name == "imagefolder" else "")
     sizes = ", ".join(f"{split} {data[key]:,}" for split, key in
                       (("train", "num_train"), ("validation", "num_val"), ("test", "num_test")) if data.get(key))
-    share = f"a seeded, stratified {c.data.val_fraction:.0%} of the training split"
-    held_out = share if c.data.name != "imagefolder" else f"the data's val/ folder (without one, {share})"
+    held_out = validation_source(c.data)
     val = val_accuracy(info)
     tested = info.weights == "best" and results.get("best_epoch") == info.epoch and "test_acc" in results
     if tested:
@@ -397,7 +424,7 @@ def model_card(model: VisionTransformer, info: RunInfo, folder: Path) -> str:
                   f"split ({held_out}), never on test. "
                   + ("The test split was scored once, with these weights, after training." if tested else
                      "The test split was not scored with them."))
-        if results.get("weights") == "ema":
+        if results.get("weights") == "ema" or info.weights_file.name == EMA_FILE:
             chosen += (f" They are the moving average of the weights (EMA, decay {info.config.ema.decay:g}), which "
                        f"scored better on validation than the raw weights that epoch.")
     elif info.weights == "ema":
@@ -415,7 +442,7 @@ def model_card(model: VisionTransformer, info: RunInfo, folder: Path) -> str:
     val_cell = f"{val:.4f} (epoch {info.epoch})" if val is not None else "not measured"
     shape = f"(N, {pre['input_size'][0]}, {info.img_size}, {info.img_size})"
     how, mean, std = pre["how"], tuple(pre["mean"]), tuple(pre["std"])
-    upload = UPLOAD.format(folder=folder)
+    upload = UPLOAD.format(folder=folder.name)  # the folder's name alone: the card is published, a path is local
     return f"""---
 {meta.to_yaml()}
 ---
@@ -454,8 +481,8 @@ A Vision Transformer image classifier trained with vitdist: {len(info.classes)} 
 import json
 from vitdist.model import VisionTransformer
 
-model = VisionTransformer.from_pretrained("{folder}")  # a local folder: no network (or "USER/NAME" once uploaded)
-classes = json.load(open("{folder}/config.json"))["classes"]
+model = VisionTransformer.from_pretrained("{folder.name}")  # this folder: no network (or "USER/NAME" once uploaded)
+classes = json.load(open("{folder.name}/config.json"))["classes"]
 probs = model(images).softmax(-1)  # images: {shape} float
 ```
 
@@ -476,6 +503,7 @@ def export_hub(model: VisionTransformer, info: RunInfo, out: Path, check_batch: 
     # arguments: one file says everything, and from_pretrained passes on only the keys __init__ takes.
     config = {**model_config(model, info), "classes": info.classes, "preprocessing": preprocessing(info)}
     model.save_pretrained(out, config=config)
+    make_readable(out / "model.safetensors")  # written by safetensors (0600) inside save_pretrained
     # save_pretrained keeps an existing README.md: written after it, ours replaces its generic card.
     (out / "README.md").write_text(model_card(model, info, out))
     with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained prints "Loading weights from local ..."
@@ -493,8 +521,9 @@ EXPORTERS: dict[str, Callable[[VisionTransformer, RunInfo, Path, int], Exported]
 
 # --- the command
 
-def output_path(fmt: str, out: Optional[str], run_dir: Path) -> Path:
-    """Where a format writes: --out or RUN/export/<name>; a UserError where that cannot be."""
+def output_path(fmt: str, out: Optional[str], run_dir: Path, overwrite: bool = False) -> Path:
+    """Where a format writes: --out or RUN/export/<name>; a UserError where that cannot be, or where it would
+    replace something without `overwrite`, or would go into a folder that holds what the format does not write."""
     path = Path(out) if out is not None else run_dir / "export" / DEFAULT_NAMES[fmt]
     if fmt in FOLDER_FORMATS:
         if path.exists() and not path.is_dir():
@@ -513,6 +542,18 @@ def output_path(fmt: str, out: Optional[str], run_dir: Path) -> Path:
     if where == run or where == run / "checkpoints" or run / "checkpoints" in where.parents:
         raise UserError(f"--out {path} would write into the run's own record ({run_dir}), over its config.json "
                         f"or weights: pass a path under {run_dir / 'export'} or outside the run")
+    if fmt in FOLDER_FORMATS and path.is_dir() and any(path.iterdir()):
+        held = sorted(p.name + "/" * p.is_dir() for p in path.iterdir())
+        foreign = [n for n in held if n not in FOLDER_FILES[fmt]]
+        if foreign:  # not an earlier export of this format: nothing here is vitdist's to delete
+            raise UserError(f"{path} holds {', '.join(foreign[:5])}{' ...' * (len(foreign) > 5)}, which no --format "
+                            f"{fmt} export writes (an upload would push it): pass --out a new or empty folder")
+        if not overwrite:
+            raise UserError(f"{path} holds an earlier --format {fmt} export ({', '.join(held)}): pass --overwrite "
+                            f"to replace it, or --out a new folder")
+    elif fmt not in FOLDER_FORMATS and path.exists() and not overwrite:
+        raise UserError(f"{path} exists: pass --overwrite to replace it, or --out another path")
+    require_writable(path, "pass --out PATH where you can write")
     return path
 
 
@@ -523,8 +564,12 @@ def export_run(args: ExportArgs) -> Exported:
         raise UserError(f"--check-batch must be >= 1, got {args.check_batch}")
     if args.format == "onnx":
         onnx_modules()  # before loading the run: missing packages say so first
+    run_config(args.run_dir)  # a folder that is not a run says so first
+    out = output_path(args.format, args.out, Path(args.run_dir), args.overwrite)  # refused before the work
     model, info = load_run(args.run_dir, args.weights)
-    out = output_path(args.format, args.out, Path(args.run_dir))
+    if args.format in FOLDER_FORMATS:  # output_path allowed nothing else in it: an earlier export, its own files
+        for name in FOLDER_FILES[args.format]:
+            (out / name).unlink(missing_ok=True)
     model.float()  # exports hold fp32 (a bf16 run's weights upcast exactly): what every runtime here accepts
     return EXPORTERS[args.format](model, info, out, args.check_batch)
 

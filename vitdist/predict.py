@@ -5,7 +5,8 @@
 Images of any size and mode (grey, RGBA, palette; PNG, JPEG, ...) are converted to RGB, resized and normalized
 as the run's evaluation did (runs.RunInfo), decoded by loader workers and classified in batches on the device.
 Rows follow the order of INPUTS (a folder's files sorted by path). A file that cannot be read is said on one
-line, kept in the output with its error, and counted at the end: none is dropped silently.
+line, kept in the output with its error, and counted at the end: none is dropped silently. When none could be
+read, the command says so and exits 1.
 """
 
 from __future__ import annotations
@@ -24,20 +25,21 @@ import tyro
 from torch.utils.data import DataLoader, Dataset
 
 from .config import UserError
+from .files import require_writable
 from .runs import load_run
 
 
 def image_files(inputs: list[str]) -> list[Path]:
     """Each input as given: a file stays itself (whatever its name), a folder becomes its image files (by
-    extension, recursively, sorted by path)."""
-    from PIL import Image
+    extension, every format Pillow opens, as training takes them: data.is_image_file; recursively, sorted by
+    path)."""
+    from .data import is_image_file
 
-    extensions = {ext.lower() for ext in Image.registered_extensions()}
     files = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
         elif path.is_file():
             files.append(path)
         else:
@@ -84,17 +86,23 @@ class PredictArgs:
     num_workers: Optional[int] = None
     """Decoding workers; default min(8, CPUs)."""
 
+    def __post_init__(self):
+        for flag, value, low in (("--top-k", self.top_k, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--num-workers", self.num_workers, 0)):
+            if value is not None and not (isinstance(value, int) and value >= low):
+                raise UserError(f"{flag} must be >= {low}, got {value}")
+
 
 def predict(args: PredictArgs) -> list[dict]:
     """One row per file, in input order: path, the top-k classes with probabilities, or the error."""
     from tqdm.auto import tqdm
 
-    if args.top_k < 1:
-        raise UserError(f"--top-k {args.top_k}: pass 1 or more")
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".csv", ".jsonl"):
         raise UserError(f"--out {args.out}: name a .csv or a .jsonl file")
     files = image_files(list(args.inputs))
+    if out is not None:  # before the work, not after every prediction is made
+        require_writable(out, "pass another --out, where you can write")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, info = load_run(args.run_dir, args.weights, device)
     k = min(args.top_k, len(info.classes))
@@ -127,6 +135,10 @@ def predict(args: PredictArgs) -> list[dict]:
             print(f"{r['path']}\t" + ("unreadable: " + r["error"] if "error" in r else
                                       "  ".join(f"{c} {p:.3f}" for c, p in zip(r["classes"], r["probs"]))))
     done = len(rows) - skipped
+    if done == 0:  # main() exits 1: nothing was classified, whatever the file says
+        print(f"vitdist: none of the {len(rows)} inputs could be read as an image: nothing predicted",
+              file=sys.stderr)
+        return rows
     print(f"predicted {done} images in {seconds:.1f} s ({done / seconds:.0f} images/s on {device}, "
           f"{info.weights} weights of {info.dir})" + (f"; skipped {skipped} unreadable" if skipped else "")
           + (f" -> {out}" if out else ""), file=sys.stderr if out is None else sys.stdout)
@@ -155,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         args = tyro.cli(PredictArgs, args=argv, prog="vitdist predict",
                         description="Classify image files and folders with a run's saved model: the top-k classes "
                                     "and their probabilities per image, printed or written to a .csv/.jsonl.")
-        predict(args)
-    return 0
+        rows = predict(args)
+    return 1 if all("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -92,10 +93,26 @@ def read_run(run_dir: str | Path) -> Run:
 # --- the record: config.json and its extensions, checkpoints
 
 def read_config(config_json: Path) -> tuple[TrainConfig, list[dict]]:
-    """(config, extensions) from a run's config.json; extensions are its "extended" entries, one per extension."""
-    d = json.loads(config_json.read_text())
-    extensions = d.pop("extended", [])
-    return from_dict(d), extensions
+    """(config, extensions) from a run's config.json; extensions are its "extended" entries, one per extension.
+    A file that is not a vitdist config (torn, edited, or from another version) is a UserError on one line."""
+    try:
+        d = json.loads(config_json.read_text())
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        extensions = d.pop("extended", [])
+        return from_dict(d), extensions
+    except json.JSONDecodeError as e:
+        why = f"it is not valid JSON ({e.msg}, line {e.lineno})"
+    except TypeError as e:  # a field this vitdist does not have: written by another version, or edited
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        what = f"a field this vitdist does not know, {unknown.group(1)!r}" if unknown else str(e)
+        why = f"it holds {what}: written by another version of vitdist, or edited"
+    except UserError as e:  # a value this vitdist does not allow
+        why = f"it holds a value this vitdist does not allow ({e})"
+    except (ValueError, AttributeError) as e:
+        why = f"it is not a vitdist config ({e})"
+    raise UserError(f"{config_json}: {why}: restore the run's own config.json, or start a new run in another "
+                    f"--run-dir")
 
 
 def run_record(resume_dir: Path | None) -> tuple[TrainConfig, list[dict]] | None:
@@ -149,8 +166,11 @@ class RunInfo:
     classes: list[str]
     weights: str  # "best", "last" or "ema"
     weights_file: Path  # the file loaded
-    epoch: Optional[int]  # the epoch those weights ended, where known
+    epoch: Optional[int]  # the epochs finished when those weights were saved, where known
     results: Optional[dict]  # results.json (absent until the run ends)
+    checkpoint: Optional[str] = None  # the checkpoint folder they are (or were exported) from: epoch_0003, or
+    # epoch_0003_step_00000120 inside an epoch
+    step: Optional[int] = None  # the optimizer steps taken when they were saved, where known
 
     @property
     def img_size(self) -> int:
@@ -179,10 +199,7 @@ def run_config(run_dir: str | Path) -> TrainConfig:
         raise UserError(f"{run_dir} is not a folder: {NOT_A_RUN}")
     if not (folder / "config.json").is_file():
         raise UserError(f"{run_dir} has no config.json: {NOT_A_RUN}")
-    try:
-        return read_config(folder / "config.json")[0]
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise UserError(f"{folder / 'config.json'} is not a vitdist config ({e}): {NOT_A_RUN}") from None
+    return read_config(folder / "config.json")[0]
 
 
 def run_classes(run_dir: Path, cfg: TrainConfig, num_classes: int) -> list[str]:
@@ -199,32 +216,48 @@ def run_classes(run_dir: Path, cfg: TrainConfig, num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def weights_file(run_dir: Path, weights: str) -> tuple[Path, Optional[int]]:
-    """(file, epoch) of the run's best weights (model.safetensors, written when the run ends; while it runs,
-    the best epoch's checkpoint), its last checkpoint's raw weights, or that checkpoint's moving average (ema)."""
+def weights_file(run_dir: Path, weights: str) -> tuple[Path, Optional[int], Optional[str], Optional[int]]:
+    """(file, epoch, checkpoint, step) of the run's best weights (model.safetensors, written when the run ends;
+    while it runs, the best epoch's checkpoint: its moving average where that scored best), its last checkpoint's
+    raw weights, or that checkpoint's moving average (ema). checkpoint is the folder name they are from, epoch the
+    epochs finished and step the optimizer steps taken when it was saved."""
     if weights not in WEIGHTS:
         raise UserError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
     results = read_json(run_dir / "results.json")
     checkpoints = complete_checkpoints(run_dir / "checkpoints")
     if weights == "best" and (run_dir / "model.safetensors").is_file():
-        return run_dir / "model.safetensors", (results or {}).get("best_epoch")
+        epoch = (results or {}).get("best_epoch")
+        rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+        step = next((r.get("step") for r in rows if epoch is not None and r.get("epoch") == epoch), None)
+        return run_dir / "model.safetensors", epoch, (f"epoch_{epoch:04d}" if epoch is not None else None), step
     if not checkpoints:
         raise UserError(f"{run_dir} has no model.safetensors and no complete checkpoint: the run has not finished "
                         f"an epoch, or its folder was emptied")
     chosen = checkpoints[-1]
-    if weights == "best":  # the run has not ended: its best epoch so far, from the last checkpoint's state
-        best = json.loads((chosen / STATE_FILE).read_text())["best_epoch"]
-        chosen = next((c for c in checkpoints if c.name == f"epoch_{best:04d}"), chosen)
     state = json.loads((chosen / STATE_FILE).read_text())
-    if weights == "ema":
+    averaged = weights == "ema"
+    if weights == "best":  # the run has not ended: its best epoch so far, from the newest checkpoint's state
+        if state["best_epoch"] < 1:  # a mid-epoch checkpoint of epoch 1 is no epoch's best
+            why = (f"the run has not finished an epoch (its newest checkpoint, {chosen.name}, is "
+                   f"{state['step_in_epoch']} steps into epoch {state['epoch'] + 1})" if state["epoch"] == 0 else
+                   f"none of its {state['epoch']} epochs scored a validation accuracy")
+            raise UserError(f"{run_dir} has no best weights: {why}: use --weights last")
+        name = f"epoch_{state['best_epoch']:04d}"
+        best = next((c for c in checkpoints if c.name == name), None)
+        if best is None:
+            raise UserError(f"{run_dir}: its best epoch's checkpoint, checkpoints/{name}, is missing: use --weights "
+                            f"last")
+        averaged = state.get("best_weights") == "ema"  # the average scored best: it is the run's best
+        chosen, state = best, json.loads((best / STATE_FILE).read_text())
+    if averaged:
         if not (chosen / EMA_FILE).is_file():
-            raise UserError(f"--weights ema: {chosen} holds no moving average (the run had no --ema.decay)")
-        return chosen / EMA_FILE, state["epoch"]
+            raise UserError(f"--weights {weights}: {chosen} holds no moving average (the run had no --ema.decay)")
+        return chosen / EMA_FILE, state["epoch"], chosen.name, state["step"]
     path = chosen / "model.safetensors"
     if not path.is_file():
         raise UserError(f"{chosen} holds no model.safetensors (a DeepSpeed checkpoint keeps sharded weights): "
                         f"use --weights best, the run's exported model.safetensors")
-    return path, state["epoch"]
+    return path, state["epoch"], chosen.name, state["step"]
 
 
 def load_run(run_dir: str | Path, weights: str = "best", device="cpu"):
@@ -236,7 +269,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device="cpu"):
 
     folder = Path(run_dir)
     cfg = run_config(folder)
-    path, epoch = weights_file(folder, weights)
+    path, epoch, checkpoint, step = weights_file(folder, weights)
     if path.name == EMA_FILE:  # timm's ModelEmaV3 state dict: the averaged model under "module."
         import torch
 
@@ -251,5 +284,6 @@ def load_run(run_dir: str | Path, weights: str = "best", device="cpu"):
     model.load_state_dict(state)
     model.to(device).eval().requires_grad_(False)  # for inference; requires_grad_(True) to train it further
     classes = run_classes(folder, cfg, num_classes)
-    return model, RunInfo(folder, cfg, classes, weights, path, epoch, read_json(folder / "results.json"))
+    return model, RunInfo(folder, cfg, classes, weights, path, epoch, read_json(folder / "results.json"), checkpoint,
+                          step)
 
