@@ -247,6 +247,8 @@ def _train(cfg: TrainConfig, hold: contextlib.ExitStack) -> dict:
             "wandb": {"name": cfg.log.wandb_name or run_dir.resolve().name, "tags": list(cfg.log.wandb_tags),
                       "group": cfg.log.wandb_group,
                       "dir": str(run_dir)}})
+        # However the run ends (a divergence, a signal), its trackers end with it, everything written.
+        hold.push(lambda failed, *_: close_trackers(accelerator, failed is not None))
     accelerator.print(f"vitdist: {derived.num_params:,} parameters; {data.source}: {derived.num_train} train / "
                       f"{derived.num_val} val / {derived.num_test} test; {world_size} process(es) x micro-batch "
                       f"{micro_batch} x {accum} accumulation = global batch {cfg.batch.global_batch_size}; "
@@ -342,7 +344,8 @@ def _train(cfg: TrainConfig, hold: contextlib.ExitStack) -> dict:
             "train_clean_loss": clean_loss, "train_clean_acc": clean_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "grad_norm_mean": norm_mean, "grad_norm_max": norm_max, "skipped_steps": skipped_steps,
-            "epoch_time_s": time.perf_counter() - t0, "images_per_s": count / train_time,
+            # train_time_s: the epoch's steps alone, what images_per_s and achieved_tflops divide by
+            "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time, "images_per_s": count / train_time,
             "achieved_tflops": achieved_tflops,
             "mfu": mfu(achieved_tflops, derived.peak_tflops, world_size),  # None where the peak is unknown
         }
@@ -408,11 +411,27 @@ def _train(cfg: TrainConfig, hold: contextlib.ExitStack) -> dict:
                           + (f"; test acc {results['test_acc']:.4f}" if "test_acc" in results else "")
                           + f" -> {run_dir}")
     accelerator.log({f"final/{k}": v for k, v in results.items() if k != "weights"}, step=state.step)
-    # Not accelerator.end_training(): it also destroys the process group, and a second train() in the same
-    # processes (a sweep under accelerate launch) could not re-create it. Trackers end here; the group at exit.
+    return results  # the trackers end as train() returns (close_trackers); the process group at exit
+
+
+def close_trackers(accelerator: Accelerator, failed: bool) -> None:
+    """End the run's trackers, with everything they hold on disk when this returns. Not accelerator.end_training():
+    it also destroys the process group, and a second train() in the same processes (a sweep under accelerate
+    launch) could not re-create it.
+
+    W&B's finish() returns before its service has closed the run's files: offline, the run-*.wandb log was seen
+    with its header only right after finish() (1 run in 6 here), complete seconds later. So with no other W&B run
+    open in this process, the service is shut down too, which waits for every file; the next run starts another."""
     for tracker in accelerator.trackers:
-        tracker.finish()
-    return results
+        if tracker.name == "wandb":
+            tracker.run.finish(exit_code=1 if failed else 0)
+        else:
+            tracker.finish()
+    if any(tracker.name == "wandb" for tracker in accelerator.trackers):
+        import wandb
+
+        if wandb.run is None:
+            wandb.teardown()
 
 
 def check_wandb_ready() -> None:
@@ -740,7 +759,7 @@ def clear_earlier_run(run_dir: Path, allowed: bool, accelerator: Accelerator) ->
 # What a resume may change; anything else in the run's config.json stays as it was.
 RESUME_MAY_CHANGE = ("epochs", "resume", "run_dir", "overwrite", "test_at_end", "checkpoint_every_epochs",
                      "checkpoint_every_steps", "compile", "extend_lr",
-                     "data.root", "data.num_workers", "batch.micro_batch_size", "batch.auto", "log.")
+                     "data.root", "data.download", "data.num_workers", "batch.micro_batch_size", "batch.auto", "log.")
 
 
 def check_resume(cfg: TrainConfig, saved: TrainConfig, planned: int, resume_dir: Path) -> None:

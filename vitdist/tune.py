@@ -344,6 +344,8 @@ def log_decisions(record: dict, template: TrainConfig) -> None:
                      config={"summary": record.get("summary")})
     run.log({"tune/decisions": table})
     run.finish()
+    if wandb.run is None:  # finish() returns before the files are closed (train.close_trackers): wait for them
+        wandb.teardown()
 
 
 def score_test_once(run_dir: str) -> Optional[dict]:
