@@ -1,6 +1,6 @@
 """Issue 12: the weights' moving average (--ema.decay). Its arithmetic against torch's own reference
-(AveragedModel with get_ema_multi_avg_fn), exact resume with it, evaluation beside the raw weights, selection
-as the run's best, and ZeRO-3 refused in one line."""
+(AveragedModel with get_ema_multi_avg_fn; with accumulation and 2 processes in test_figures.py), exact resume
+with it, evaluation beside the raw weights, selection as the run's best, and ZeRO-3 refused in one line."""
 
 from __future__ import annotations
 
@@ -49,21 +49,29 @@ def test_the_average_is_the_reference_ema_of_the_weights_each_step_left(tmp_path
     train(tiny_config(run, epochs=2, ema={"decay": DECAY, "warmup": warmup}, model={"dropout": 0.1}))
     assert [s for s, _ in seen] == list(range(1, 17))  # once per optimizer step, told the step count
 
-    replay = vitdist.VisionTransformer.from_config(tiny_config(run).model, 10)
+    reference = reference_average(tiny_config(run).model, [weights for _, weights in seen], DECAY, warmup)
+    got = averaged(run, 2)
+    for k, v in reference.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-7, msg=k)
+    assert not torch.equal(got["head.weight"], seen[-1][1]["head.weight"])  # an average, not the last weights
+
+
+def reference_average(model_cfg, steps: list[dict], decay: float, warmup: bool) -> dict:
+    """torch's reference EMA (AveragedModel + get_ema_multi_avg_fn) of the weights each optimizer step left, in
+    step order: a fixed decay, or with warmup the decay of step t, 1 - (1 + t - 1)^(-2/3) capped at `decay`;
+    the first step copied, as both do."""
+    replay = vitdist.VisionTransformer.from_config(model_cfg, 10)
     reference = None
-    for t, weights in seen:
+    for t, weights in enumerate(steps, start=1):
         replay.load_state_dict(weights)
-        decay = min(DECAY, 1 - (1 + (t - 1)) ** (-2 / 3)) if warmup else DECAY
+        d = min(decay, 1 - (1 + (t - 1)) ** (-2 / 3)) if warmup else decay
         if reference is None or warmup:  # the warmup's decay changes each step: a fresh averaging function
-            avg = get_ema_multi_avg_fn(decay)
+            avg = get_ema_multi_avg_fn(d)
             if reference is None:
                 reference = AveragedModel(replay, multi_avg_fn=avg, use_buffers=True)
             reference.multi_avg_fn = avg
         reference.update_parameters(replay)
-    got = averaged(run, 2)
-    for k, v in reference.module.state_dict().items():
-        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-7, msg=k)
-    assert not torch.equal(got["head.weight"], seen[-1][1]["head.weight"])  # an average, not the last weights
+    return reference.module.state_dict()
 
 
 def test_the_average_is_evaluated_selected_and_exported(tmp_path, capsys):

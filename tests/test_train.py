@@ -15,9 +15,9 @@ from vitdist.flops import train_flops_per_image
 from vitdist.train import Diverged, train
 
 METRIC_FIELDS = {"epoch", "step", "train_loss", "train_acc", "train_clean_loss", "train_clean_acc", "val_loss",
-                 "val_acc", "lr", "grad_norm_mean", "grad_norm_max", "epoch_time_s", "images_per_s",
+                 "val_acc", "lr", "grad_norm_mean", "grad_norm_max", "epoch_time_s", "train_time_s", "images_per_s",
                  "achieved_tflops", "mfu", "skipped_steps"}
-TIMING = {"epoch_time_s", "images_per_s", "achieved_tflops"}
+TIMING = {"epoch_time_s", "train_time_s", "images_per_s", "achieved_tflops"}
 
 
 def rows(path):

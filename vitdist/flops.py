@@ -2,8 +2,9 @@
 
 flops_per_image(): the analytic forward FLOPs of one image, from the model's shape alone (no model is built);
 train_flops_per_image(): forward plus backward. Achieved TFLOPS is train_flops_per_image x images trained per
-second / 1e12; mfu() divides it by the dense peak of the devices for the run's precision (PEAK_TFLOPS), or
-gives None where the peak is unknown (a CPU, an unlisted GPU, a MIG slice).
+second / 1e12; mfu() divides it by the dense peak of the devices for the run's precision (PEAK_TFLOPS, or
+VITDIST_PEAK_TFLOPS where the user gives it), or gives None where the peak is unknown (a CPU, an unlisted GPU, a
+MIG slice).
 
 A multiply-add counts as 2 FLOPs, as torch.utils.flop_counter.FlopCounterMode counts it;
 tests/test_flops.py holds the analytic count to FlopCounterMode's count of a real forward and backward.
@@ -11,10 +12,16 @@ tests/test_flops.py holds the analytic count to FlopCounterMode's count of a rea
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from typing import Optional
 
-from .config import ModelConfig
+from .config import ModelConfig, UserError
+
+# The dense peak TFLOPS of one device at the run's precision, for a GPU the table below does not list (or a MIG
+# slice, or a CPU): set, it is used in place of the table, so MFU is not left null.
+PEAK_ENV = "VITDIST_PEAK_TFLOPS"
 
 
 def flops_per_image(model_cfg: ModelConfig, num_classes: int) -> float:
@@ -117,6 +124,7 @@ def gpu_model(device_name: Optional[str]) -> Optional[str]:
 def peak_tflops(device_name: Optional[str], precision: str, tf32: bool = False) -> Optional[float]:
     """Dense peak TFLOPS of one device for vitdist's --precision ("no", "bf16", "fp16"); None on a CPU
     (device_name None), an unknown GPU, or a precision the chip has no rate for (bf16 on a V100 or T4).
+    $VITDIST_PEAK_TFLOPS, where set, is the peak whatever the device: the user's figure for their chip.
 
     precision "no" trains in fp32; tf32 says whether PyTorch may run those matmuls as TF32 on the tensor cores
     (pass `torch.get_float32_matmul_precision() != "highest"`; it is off by default). On chips without TF32
@@ -125,6 +133,9 @@ def peak_tflops(device_name: Optional[str], precision: str, tf32: bool = False) 
     """
     if precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {precision!r}")
+    given = os.environ.get(PEAK_ENV, "").strip()
+    if given:
+        return _given_peak(given)
     key = gpu_model(device_name)
     if key is None:
         return None
@@ -132,6 +143,17 @@ def peak_tflops(device_name: Optional[str], precision: str, tf32: bool = False) 
     if precision == "no":
         return peaks["tf32"] if tf32 and "tf32" in peaks else peaks["fp32"]
     return peaks.get(precision)  # bf16 and fp16 autocast run every product in that math
+
+
+def _given_peak(text: str) -> float:
+    try:
+        peak = float(text)
+    except ValueError:
+        peak = math.nan
+    if not (math.isfinite(peak) and peak > 0):
+        raise UserError(f"{PEAK_ENV}={text!r}: give one device's dense peak TFLOPS at the run's precision, a "
+                        f"positive number (e.g. {PEAK_ENV}=312 for an A100 in bf16), or unset it")
+    return peak
 
 
 def mfu(achieved_tflops: float, peak: Optional[float], num_devices: int = 1) -> Optional[float]:
