@@ -239,3 +239,44 @@ def test_the_flags_reach_the_batch_and_bad_values_are_one_line():
         with pytest.raises(UserError, match=message):
             DataConfig(**bad)
 
+
+
+@pytest.mark.parametrize("op", ["Brightness", "Rotate"])
+def test_rand_augment_flag_gives_torchvisions_rand_augment_of_n_and_m(op, monkeypatch):
+    """--data.rand-augment 2,9 through BatchAugment (no crop or flip, mean 0 and std 1, so the output is the
+    augmented image / 255) against torchvision's v2.RandAugment(num_ops=2, magnitude=9) itself, with the op
+    forced on both (a one-op _AUGMENTATION_SPACE, which both read) and torchvision's signs forced in turn: each
+    image must be torchvision's result for one of the 2 x 2 sign draws. Brightness and Rotate have magnitudes
+    that move with every bin, so M read as M - 1, 30 bins instead of 31, or N ignored each give other images."""
+    from itertools import product
+
+    from vitdist.config import DataConfig
+    from vitdist.data import BatchAugment
+
+    n_ops, magnitude = 2, 9
+    monkeypatch.setattr(v2.RandAugment, "_AUGMENTATION_SPACE", {op: v2.RandAugment._AUGMENTATION_SPACE[op]})
+    x = torch.cat([sample_images(), torch.randint(0, 256, (12, 3, 32, 32), generator=torch.Generator().manual_seed(2),
+                                                  dtype=torch.uint8)])
+    aug = BatchAugment(DataConfig(name="synthetic", augment=False, rand_augment=f"{n_ops},{magnitude}",
+                                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), 10)
+    torch.manual_seed(0)
+    out, _ = aug(x, torch.zeros(len(x), dtype=torch.long))
+    ours = (out * 255).round().to(torch.uint8)
+
+    tv = v2.RandAugment(num_ops=n_ops, magnitude=magnitude)
+    real_rand = torch.rand
+    candidates = []  # (signs, images): torchvision's images for each sign draw
+    for signs in product([False, True], repeat=n_ops):  # True: torchvision's rand() <= 0.5, the magnitude negated
+        draws = []
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "rand", lambda *size, **kw: torch.tensor(0.0 if draws.pop(0) else 1.0)
+                          if size == ((),) else real_rand(*size, **kw))
+            images = []
+            for image in x:
+                draws[:] = list(signs)
+                images.append(tv(image))
+                assert not draws  # one sign drawn per op: the op is signed, and ran n_ops times
+        candidates.append(torch.stack(images))
+    matched = torch.stack([(ours == c).flatten(1).all(1) for c in candidates])  # (sign draws, images)
+    assert matched.any(0).all(), f"images {(~matched.any(0)).nonzero().flatten().tolist()} are no draw of torchvision's"
+    assert not torch.equal(ours, x)

@@ -113,6 +113,23 @@ def test_cutmix_pastes_one_box_from_the_neighbour():
     assert lam == pytest.approx(1 - box.float().mean().item())
 
 
+def test_random_erasing_fills_with_the_mean_colour_after_normalization():
+    """--data.random-erasing 1.0 with a mean and std that differ per channel: as torchvision's Normalize then
+    RandomErasing(value=0), each image's erased pixels are 0 in normalized units in every channel (the mean
+    colour, not black's -mean/std), one rectangle, and every other pixel is Normalize's, computed here."""
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    cfg = DataConfig(name="synthetic", augment=False, random_erasing=1.0, mean=mean, std=std)
+    x = torch.randint(0, 256, (64, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    torch.manual_seed(0)
+    out, _ = BatchAugment(cfg, 10)(x, torch.zeros(64, dtype=torch.long))
+    normalized = v2.Normalize(mean, std)(x.float() / 255)  # torchvision's
+    erased = ~torch.isclose(out, normalized, rtol=0, atol=1e-6).all(1)  # (B, H, W): changed in some channel
+    assert erased.flatten(1).any(1).float().mean() >= 0.9  # p = 1: all but the rare image with no fitting box
+    assert (out.permute(1, 0, 2, 3)[:, erased] == 0).all()  # every channel of every erased pixel: the mean colour
+    rows, cols = erased.any(2), erased.any(1)
+    assert torch.equal(erased, rows[:, :, None] & cols[:, None, :])  # one rectangle per image
+
+
 def test_color_jitter_draws_factors_per_image_and_keeps_the_normalized_range():
     """One image eight times through ColorJitter(0.2, 0.2, 0.2, 0.1): eight different results (factors drawn per
     image), recoloured but not moved (equal pixels stay equal), and undone by the configured mean and std, an

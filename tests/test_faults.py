@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import namedtuple
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -55,6 +56,65 @@ def test_a_changed_added_or_removed_file_decodes_afresh(tmp_path):
     (root / "train" / "cat" / "0.png").unlink()
     (root / "train" / "dog" / "12.png").unlink()
     assert len(load_data(folder_config(root), 16, 0).train) == len(first.train) - 1
+
+
+def bmp_folder(root, n: int = 4, size: int = 16):
+    """train/ and val/ of classes cat and dog, as BMP files: uncompressed, so every file has the same size
+    whatever its pixels. Every file gets the same modification time (set_mtimes)."""
+    for split in ("train", "val"):
+        for k, c in enumerate(("cat", "dog")):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (size, size), (60 * k + 9 * i, 200 - 40 * k, 5 + 11 * i)).save(
+                    root / split / c / f"{i}.bmp")
+    set_mtimes(root, 1_700_000_000)
+    return root
+
+
+def set_mtimes(root, seconds: int) -> None:
+    for path in root.rglob("*.bmp"):
+        os.utime(path, ns=(seconds * 10**9, seconds * 10**9))
+
+
+def listed(split_dir):
+    """(classes, images, labels) of an ImageFolder split, decoded here with PIL alone (the files are already
+    img_size): class folders sorted, then files sorted, as torchvision's ImageFolder lists them."""
+    classes = sorted(p.name for p in split_dir.iterdir())
+    files = [(p, k) for k, c in enumerate(classes) for p in sorted((split_dir / c).iterdir())]
+    images = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1) for p, _ in files]
+    return classes, torch.stack(images), torch.tensor([k for _, k in files])
+
+
+def decodes_as_listed(root) -> None:
+    data = load_data(folder_config(root), 16, 0)
+    for split, got in (("train", data.train), ("val", data.val)):
+        classes, images, labels = listed(root / split)
+        assert data.classes == classes
+        assert torch.equal(got.labels, labels), split
+        assert torch.equal(got.images, images), split
+
+
+def test_the_decode_cache_follows_pixels_times_and_renamed_class_folders(tmp_path):
+    """The decode cache's key is each file's path, label, size and modification time: a rewrite of the same
+    size (only the pixels and the time differ) decodes afresh; a touched file gives its own pixels (the same);
+    a renamed class folder (every file's path and label change, their sizes and times do not) gives the new
+    listing, not the cached one. Each load against the files decoded here with PIL."""
+    root = bmp_folder(tmp_path / "data")
+    decodes_as_listed(root)
+    decodes_as_listed(root)  # warm
+    path = root / "train" / "dog" / "2.bmp"
+    size = path.stat().st_size
+    Image.new("RGB", (16, 16), (250, 3, 128)).save(path)  # new pixels, the same size
+    assert path.stat().st_size == size
+    os.utime(path, ns=(1_700_000_100 * 10**9,) * 2)
+    decodes_as_listed(root)
+    os.utime(path, ns=(1_700_000_200 * 10**9,) * 2)  # touched: the same pixels, another time
+    decodes_as_listed(root)
+    set_mtimes(root, 1_700_000_300)  # every file one time again: sizes and times say nothing of which is which
+    decodes_as_listed(root)  # warm with cat = 0, dog = 1
+    for split in ("train", "val"):
+        (root / split / "dog").rename(root / split / "ant")  # now ant = 0 (the dog files), cat = 1
+    decodes_as_listed(root)
 
 
 # --- unreadable images

@@ -15,11 +15,14 @@ CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
 @pytest.fixture
 def gpu(monkeypatch):
-    """A stand-in GPU; set .bf16 to say whether it runs bf16 (compute capability 8.0+)."""
+    """A stand-in GPU; set .bf16 to say whether it runs bf16 (compute capability 8.0+), .emulated whether torch
+    would emulate it (what is_bf16_supported says with including_emulation=True, its default, on an older GPU)."""
     class Gpu:
         bf16 = True
+        emulated = False
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: Gpu.bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: Gpu.bf16 or (including_emulation and Gpu.emulated))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
     return Gpu
 
@@ -32,6 +35,16 @@ def test_auto_is_fp32_on_a_cpu_bf16_on_a_new_gpu_and_tf32_on_an_old_one(gpu):
     for explicit in ("no", "fp16", "tf32"):
         assert resolve_precision(explicit, GPU) == explicit
     assert [mixed_precision(p) for p in ("no", "tf32", "bf16", "fp16")] == ["no", "no", "bf16", "fp16"]
+
+
+def test_a_gpu_that_only_emulates_bf16_gets_tf32(gpu):
+    """torch says yes to bf16 on a pre-Ampere GPU unless asked without emulation (slow, and not what auto
+    promises): auto picks tf32 there, and an explicit bf16 is refused."""
+    gpu.bf16, gpu.emulated = False, True
+    assert torch.cuda.is_bf16_supported() and not torch.cuda.is_bf16_supported(including_emulation=False)
+    assert resolve_precision("auto", GPU) == "tf32"
+    with pytest.raises(UserError, match="cannot run bf16"):
+        resolve_precision("bf16", GPU)
 
 
 @pytest.mark.parametrize("precision, device, words", [

@@ -3,6 +3,7 @@ flag that would change what a resume may not, and may only extend the run, with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from vitdist import train as train_mod
+from vitdist.config import TrainConfig, UserError
+from vitdist.presets import changed_fields
 
 FLAGS = ["--data.name", "synthetic", "--data.synthetic-size", "320", "--data.val-fraction", "0.2",
          "--data.train-eval-size", "64", "--model.embed-dim", "32", "--model.num-layers", "2", "--model.num-heads",
@@ -48,6 +51,98 @@ def test_a_resume_that_would_change_the_run_is_refused_and_touches_nothing(finis
     assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
     assert "which this would change: " in err and named in err, err
     assert snapshot(finished) == before  # config.json, logs and checkpoints as they were
+
+
+# Every field of TrainConfig and its sub-configs -> (a valid value other than BASE's, whether a resume may change
+# it). Held to the dataclasses below: a new field fails the first test until it gets its row here. What may
+# change is the README's list: --epochs (to extend), the logging flags, --data.num-workers, --data.root, the
+# micro-batch (and --batch.auto, which picks it), --compile, the test/checkpoint cadence, and the resume's own
+# flags (--resume, --run-dir, --overwrite, --extend-lr); everything else would change the run.
+MAY, NOT = True, False
+CHANGES = {
+    "model.img_size": (16, NOT), "model.patch_size": (4, NOT), "model.embed_dim": (64, NOT),
+    "model.num_layers": (3, NOT), "model.num_heads": (4, NOT), "model.dim_feedforward": (128, NOT),
+    "model.num_classes": (10, NOT), "model.dropout": (0.1, NOT), "model.drop_path_rate": (0.1, NOT),
+    "data.name": ("digits", NOT), "data.root": ("/data/moved/here", MAY), "data.download": (False, MAY),
+    "data.val_fraction": (0.1, NOT), "data.train_subset": (100, NOT), "data.val_subset": (50, NOT),
+    "data.train_eval_size": (32, NOT), "data.synthetic_size": (640, NOT), "data.num_workers": (2, MAY),
+    "data.skip_corrupt": (True, NOT), "data.augment": (False, NOT), "data.crop_padding": (2, NOT),
+    "data.color_jitter": (True, NOT), "data.rand_augment": ("2,9", NOT), "data.trivial_augment": (True, NOT),
+    "data.random_erasing": (0.25, NOT), "data.mixup_alpha": (0.8, NOT), "data.cutmix_alpha": (1.0, NOT),
+    "data.mean": ((0.4, 0.5, 0.6), NOT), "data.std": ((0.2, 0.25, 0.3), NOT),
+    "optim.lr": (5e-4, NOT), "optim.weight_decay": (1e-3, NOT), "optim.betas": ((0.9, 0.95), NOT),
+    "optim.warmup_epochs": (2.0, NOT), "optim.min_lr": (1e-5, NOT), "optim.max_grad_norm": (0.5, NOT),
+    "batch.global_batch_size": (64, NOT), "batch.micro_batch_size": (16, MAY), "batch.auto": (True, MAY),
+    "log.wandb": (True, MAY), "log.wandb_project": ("other", MAY), "log.wandb_name": ("a-name", MAY),
+    "log.wandb_tags": (("a", "b"), MAY), "log.wandb_group": ("a-group", MAY), "log.tensorboard": (True, MAY),
+    "log.progress": (True, MAY), "log.progress_every_s": (5.0, MAY), "log.every_steps": (10, MAY),
+    "ema.decay": (0.999, NOT), "ema.warmup": (False, NOT), "ema.select_best": (False, NOT),
+    "epochs": (5, MAY), "precision": ("bf16", NOT), "compile": (True, MAY), "label_smoothing": (0.0, NOT),
+    "early_stop_patience": (5, NOT), "seed": (1, NOT), "run_dir": ("elsewhere", MAY), "resume": ("auto", MAY),
+    "checkpoint_every_epochs": (2, MAY), "checkpoint_every_steps": (10, MAY), "overwrite": (True, MAY),
+    "test_at_end": (False, MAY), "extend_lr": (1e-3, MAY),
+}
+NO_OTHER_VALUE = {"model.in_channels": "3 is the only value a config allows"}
+
+
+def config_fields(cls, prefix=""):
+    for f in dataclasses.fields(cls):
+        value = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(value):
+            yield from config_fields(type(value), f"{f.name}.")
+        else:
+            yield prefix + f.name
+
+
+def changed(cfg, key: str, value):
+    section, _, name = key.rpartition(".")
+    if section:
+        return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: value})})
+    return dataclasses.replace(cfg, **{name: value})
+
+
+def resume_base():
+    """A 3-epoch run's config as its config.json reads back (the precision resolved, tuples through JSON)."""
+    from conftest import tiny_config
+    from vitdist.config import from_dict, to_dict
+
+    cfg = dataclasses.replace(tiny_config("runs/r", epochs=3), precision="no")
+    return from_dict(json.loads(json.dumps(to_dict(cfg))))
+
+
+def test_the_resume_table_covers_every_field_of_every_config():
+    every = set(config_fields(TrainConfig))
+    assert every == set(CHANGES) | set(NO_OTHER_VALUE), (sorted(every - set(CHANGES) - set(NO_OTHER_VALUE)),
+                                                         sorted(set(CHANGES) | set(NO_OTHER_VALUE) - every))
+    base = resume_base()
+    for key, (value, _) in CHANGES.items():  # each row changes its field, to a value the config takes
+        assert changed_fields(changed(base, key, value), base) == {key: (getattr_path(base, key), value)}, key
+
+
+def getattr_path(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize("key", CHANGES)
+def test_a_resume_refuses_every_field_it_may_not_change_naming_it_and_takes_the_rest(key):
+    """train.check_resume (a pure function of the new config, the saved one and the plan) over every field, one
+    changed at a time: a field outside what may change is refused on one line naming its flag and the run's
+    value; a field inside is taken."""
+    saved = resume_base()
+    value, may = CHANGES[key]
+    resume_dir = Path("runs/r/checkpoints/epoch_0003")
+    if may:
+        train_mod.check_resume(changed(saved, key, value), saved, 3, resume_dir)
+        return
+    with pytest.raises(UserError) as e:
+        train_mod.check_resume(changed(saved, key, value), saved, 3, resume_dir)
+    message = str(e.value)
+    head, _, name = key.rpartition(".")
+    flag = ("--" + head + "." if head else "--") + ("no-" if value is False else "") + name.replace("_", "-")
+    assert f"which this would change: {flag}" in message and "\n" not in message, message
+    assert f"(the run has {getattr_path(saved, key)})" in message, message
 
 
 def interrupted_after_epoch_1(run, monkeypatch):

@@ -427,6 +427,11 @@ def model_card(model: VisionTransformer, info: RunInfo, folder: Path) -> str:
         if results.get("weights") == "ema" or info.weights_file.name == EMA_FILE:
             chosen += (f" They are the moving average of the weights (EMA, decay {info.config.ema.decay:g}), which "
                        f"scored better on validation than the raw weights that epoch.")
+        elif c.ema.decay > 0:  # an EMA run whose raw weights won: say so, or the reader cannot tell which these are
+            chosen += (f" They are the raw weights, which scored at least as well on validation as their moving "
+                       f"average (EMA, decay {c.ema.decay:g}) that epoch." if c.ema.select_best else
+                       f" They are the raw weights: the run selected on them only (--ema.no-select-best), not on "
+                       f"their moving average (EMA, decay {c.ema.decay:g}).")
     elif info.weights == "ema":
         chosen = (f"The moving average of the weights (EMA, decay {info.config.ema.decay:g}) at the run's last "
                   f"checkpoint, epoch {info.epoch} (`--weights ema`). The test split was not scored with them.")
