@@ -51,6 +51,14 @@ T_AF = "tests/test_after_training_faults.py"
 T_TI = "tests/test_trial_interrupts.py"
 T_CF = "tests/test_config_fields.py"
 T_IN = "tests/test_inputs.py"
+T_W = "tests/test_wiring.py"
+T_FIG = "tests/test_figures.py"
+FIG_EPOCH = f"{T_FIG}::test_epoch_figures_are_recomputed_from_the_steps_with_two_ranks_and_accumulation"
+FIG_EMA = f"{T_FIG}::test_the_average_on_two_ranks_with_accumulation_is_the_reference_ema"
+FIG_EVAL = f"{T_FIG}::test_eval_scores_are_scikit_learns_on_the_models_own_logits"
+FL = "tests/test_flops.py::test_forward_flops_match_the_flop_counter[tiny-patch8]"
+FLB = "tests/test_flops.py::test_forward_and_backward_flops_match_the_flop_counter[tiny-patch8]"
+RESUME_EVERY = "tests/test_record.py::test_a_resume_refuses_every_field_it_may_not_change_naming_it_and_takes_the_rest"
 
 MUTANTS = [
     # 1. exact resume
@@ -292,7 +300,7 @@ MUTANTS = [
     # issue 9: FLOPs
     Mutant("flops-attention-matmuls-left-out", "achieved TFLOPS and MFU", "vitdist/flops.py",
            "    attention = 2 * 2 * tokens * tokens * d  #", "    attention = 0  #",
-           ("tests/test_flops.py::test_forward_flops_match_the_flop_counter",)),
+           (FL,)),
     Mutant("gpu-name-matched-by-prefix", "achieved TFLOPS and MFU", "vitdist/flops.py",
            "if re.fullmatch(pattern, name):", "if re.match(pattern, name):",  # RTX 4090 Laptop GPU -> RTX 4090
            ("tests/test_flops.py::test_no_peak_for_a_cpu_or_an_unknown_gpu",)),
@@ -441,6 +449,115 @@ MUTANTS = [
            "    save_safetensors(model.state_dict(), path, metadata)  #",
            "    __import__('safetensors.torch').torch.save_file(model.state_dict(), str(path), metadata=metadata)  #",
            (f"{T_AF}::test_exported_weights_have_the_users_file_mode",)),
+    # issue 17: every figure against an independent reference
+    Mutant("epoch-loss-of-rank-0", "epoch figures from steps.jsonl", TRAIN,
+           '"train_loss": loss_sum / count,', '"train_loss": (sums[0] / sums[2]).item(),', (FIG_EPOCH,)),
+    Mutant("epoch-images-of-one-rank", "epoch figures from steps.jsonl", TRAIN,
+           '"images_per_s": count / train_time,', '"images_per_s": sums[2].item() / train_time,', (FIG_EPOCH,)),
+    Mutant("mfu-not-over-world-size", "epoch figures from steps.jsonl", TRAIN,
+           "mfu(achieved_tflops, derived.peak_tflops, world_size)", "mfu(achieved_tflops, derived.peak_tflops)",
+           (FIG_EPOCH,)),
+    Mutant("images-counted-once-per-step", "epoch figures from steps.jsonl", TRAIN,
+           "        sums[2] += len(yc)\n    return sums, stats", "    sums[2] += len(yc)\n    return sums, stats",
+           (FIG_EPOCH,)),
+    Mutant("step-loss-not-averaged-over-micro-batches", "epoch figures from steps.jsonl", TRAIN,
+           "step_loss += loss.detach() / len(chunks)", "step_loss += loss.detach()", (FIG_EPOCH,)),
+    Mutant("train-time-includes-eval", "epoch figures from steps.jsonl", TRAIN,
+           '"train_time_s": train_time,', '"train_time_s": time.perf_counter() - t0,', (FIG_EPOCH,)),
+    Mutant("peak-env-ignored", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "    if given:\n        return _given_peak(given)\n", "",
+           ("tests/test_flops.py::test_a_peak_given_in_the_environment_is_the_peak_of_any_device",)),
+    Mutant("ema-updated-per-micro-batch", "the EMA is the reference EMA", TRAIN,
+           "ema.update(averaged, step=state.step)", "[ema.update(averaged, step=state.step) for _ in range(accum)]",
+           (FIG_EMA,)),
+    Mutant("ema-on-rank-0-only", "the EMA is the reference EMA", TRAIN,
+           "            if ema is not None:  # foreach lerps",
+           "            if ema is not None and is_main:  # foreach lerps", (FIG_EMA,)),
+    Mutant("eval-top5-is-top1", "eval figures are scikit-learn's", "vitdist/evaluate.py",
+           "sums[2] += (top == y[:, None]).any(-1).sum()", "sums[2] += (top[:, 0] == y).sum()", (FIG_EVAL,)),
+    Mutant("eval-per-class-over-predicted", "eval figures are scikit-learn's", "vitdist/evaluate.py",
+           "for c, n in enumerate(per_class)]", "for c, n in enumerate(map(sum, zip(*matrix)))]", (FIG_EVAL,)),
+    Mutant("eval-confusion-transposed", "eval figures are scikit-learn's", "vitdist/evaluate.py",
+           "torch.bincount(y * num_classes + top[:, 0],", "torch.bincount(top[:, 0] * num_classes + y,",
+           (FIG_EVAL,)),
+    Mutant("flops-head-left-out", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "    head = 2 * d * n_cls  #", "    head = 0  #", (FL,)),
+    Mutant("flops-patch-embed-left-out", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "return float(_patch_embed_flops(model_cfg) + model_cfg.num_layers", "return float(model_cfg.num_layers",
+           (FL,)),
+    Mutant("flops-one-attention-product", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "    attention = 2 * 2 * tokens * tokens * d  #", "    attention = 2 * tokens * tokens * d  #", (FL,)),
+    Mutant("flops-mlp-one-layer", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "+ 2 * d * hidden)  #", "+ d * hidden)  #", (FL,)),
+    Mutant("flops-projection-left-out", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "(3 * d * d + d * d + 2 * d * hidden)", "(3 * d * d + 2 * d * hidden)", (FL,)),
+    Mutant("flops-qkv-as-one-product", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "(3 * d * d + d * d + 2 * d * hidden)", "(d * d + d * d + 2 * d * hidden)", (FL,)),
+    Mutant("flops-patch-embed-input-gradient", "achieved TFLOPS and MFU", "vitdist/flops.py",
+           "    return 3 * flops_per_image(model_cfg, num_classes) - _patch_embed_flops(model_cfg)\n",
+           "    return 3 * flops_per_image(model_cfg, num_classes)\n", (FLB,)),
+    # issue 17: wiring between tested pieces, guards over every field, metadata with values that differ
+    Mutant("test-scored-on-the-raw-weights", "the reported test accuracy is the exported weights'", TRAIN,
+           '    best = ema.module if state.best_weights == "ema" else model\n', "    best = model\n",
+           (f"{T_W}::test_the_reported_test_accuracy_is_vitdist_eval_of_the_exported_weights",)),
+    Mutant("test-scored-on-the-average", "the reported test accuracy is the exported weights'", TRAIN,
+           '    best = ema.module if state.best_weights == "ema" else model\n',
+           "    best = ema.module if ema is not None else model\n",
+           (f"{T_W}::test_the_reported_test_accuracy_is_vitdist_eval_of_the_exported_weights",)),
+    Mutant("rand-augment-magnitude-minus-one", "--data.rand-augment N,M is torchvision's", "vitdist/data.py",
+           "self.auto = BatchRandAugment(*cfg.rand_augment_ops)",
+           "self.auto = BatchRandAugment(cfg.rand_augment_ops[0], cfg.rand_augment_ops[1] - 1)",
+           ("tests/test_augment.py::test_rand_augment_flag_gives_torchvisions_rand_augment_of_n_and_m",)),
+    Mutant("rand-augment-30-bins", "--data.rand-augment N,M is torchvision's", "vitdist/data.py",
+           "self.auto = BatchRandAugment(*cfg.rand_augment_ops)",
+           "self.auto = BatchRandAugment(*cfg.rand_augment_ops, num_magnitude_bins=30)",
+           ("tests/test_augment.py::test_rand_augment_flag_gives_torchvisions_rand_augment_of_n_and_m",)),
+    Mutant("rand-augment-n-ignored", "--data.rand-augment N,M is torchvision's", "vitdist/data.py",
+           "self.auto = BatchRandAugment(*cfg.rand_augment_ops)",
+           "self.auto = BatchRandAugment(1, cfg.rand_augment_ops[1])",
+           ("tests/test_augment.py::test_rand_augment_flag_gives_torchvisions_rand_augment_of_n_and_m",)),
+    Mutant("erasing-before-normalization", "random erasing fills with the mean colour", "vitdist/data.py",
+           "        x = (x - self.mean) / self.std\n        if self.erase is not None:\n"
+           "            x = self.erase(x)\n",
+           "        if self.erase is not None:\n            x = self.erase(x)\n"
+           "        x = (x - self.mean) / self.std\n",
+           ("tests/test_data.py::test_random_erasing_fills_with_the_mean_colour_after_normalization",)),
+    Mutant("trial-reads-the-test-split", "tuning never reads the test split", "vitdist/trials.py",
+           "trial = replace(cfg, overwrite=True, test_at_end=False, resume=None)",
+           "trial = replace(cfg, overwrite=True, test_at_end=True, resume=None)",
+           (f"{T_W}::test_no_trial_of_tune_or_a_sweep_reads_the_test_split_only_tunes_final_scoring_once",)),
+    Mutant("resume-may-change-the-data", "a resume refuses every field it may not change", TRAIN,
+           '"data.root", "data.download", "data.num_workers",', '"data.",', (RESUME_EVERY,)),
+    Mutant("resume-may-change-the-betas", "a resume refuses every field it may not change", TRAIN,
+           '"checkpoint_every_steps", "compile", "extend_lr",',
+           '"checkpoint_every_steps", "compile", "extend_lr", "optim.betas",', (RESUME_EVERY,)),
+    Mutant("resume-refuses-the-log-flags", "a resume takes what it may change", TRAIN,
+           '"batch.auto", "log.")', '"batch.auto")', (RESUME_EVERY,)),
+    Mutant("decode-cache-keyed-without-mtime", "a cache that cannot go stale", "vitdist/data.py",
+           'h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())',
+           'h.update(f"|{path}|{label}|{st.st_size}".encode())',
+           ("tests/test_faults.py::test_the_decode_cache_follows_pixels_times_and_renamed_class_folders",)),
+    Mutant("decode-cache-keyed-without-path-or-label", "a cache that cannot go stale", "vitdist/data.py",
+           'h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())',
+           'h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())',
+           ("tests/test_faults.py::test_the_decode_cache_follows_pixels_times_and_renamed_class_folders",)),
+    Mutant("bf16-emulation-counted", "--precision auto: bf16 where the GPU runs it", "vitdist/precision.py",
+           "torch.cuda.is_bf16_supported(including_emulation=False)", "torch.cuda.is_bf16_supported()",
+           ("tests/test_precision.py::test_a_gpu_that_only_emulates_bf16_gets_tf32",)),
+    Mutant("preprocessing-mean-std-swapped", "exports say how to preprocess", "vitdist/export.py",
+           '"mean": list(info.config.data.mean), "std": list(info.config.data.std),',
+           '"mean": list(info.config.data.std), "std": list(info.config.data.mean),',
+           (f"{T_W}::test_the_exports_metadata_holds_each_channels_mean_and_std_and_preprocesses_to_the_runs_logits",)),
+    Mutant("card-claims-the-average-on-every-ema-run", "the model card says which weights", "vitdist/export.py",
+           'if results.get("weights") == "ema" or info.weights_file.name == EMA_FILE:',
+           'if c.ema.decay > 0 or info.weights_file.name == EMA_FILE:',
+           (f"{T_W}::test_the_model_card_says_which_weights_it_holds",)),
+    Mutant("card-silent-on-raw-weights", "the model card says which weights", "vitdist/export.py",
+           "        elif c.ema.decay > 0:  # an EMA run whose raw weights won", "        elif False:  #",
+           (f"{T_W}::test_the_model_card_says_which_weights_it_holds",)),
+    Mutant("wandb-files-closed-after-return", "trackers: every record on disk when train() returns", TRAIN,
+           "        if wandb.run is None:\n            wandb.teardown()\n", "",
+           ("tests/test_logging.py::test_the_wandb_log_is_complete_when_train_returns",)),
 ]
 
 
@@ -489,7 +606,8 @@ def main() -> int:
             print(f"{m.name:{W}} {m.promise:28} {m.path}\n    " + "\n    ".join(m.tests))
         return 0
 
-    missed = 0
+    tally: dict[str, list[str]] = {"caught": [], "MISSED": [], "STALE": [], "BROKEN": []}
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="vitdist-mutants-") as tmp:
         pristine = copy_repo(Path(tmp) / "pristine")
         check_import_from(pristine)
@@ -508,8 +626,9 @@ def main() -> int:
             target = copy / m.path
             text = target.read_text()
             if text.count(m.old) != 1:
-                print(f"{m.name:{W}} STALE   {m.path} holds the planted text {text.count(m.old)} times, not once")
-                missed += 1
+                print(f"{m.name:{W}} STALE       0 s  {m.path} holds the planted text {text.count(m.old)} times, "
+                      f"not once")
+                tally["STALE"].append(m.name)
                 continue
             target.write_text(text.replace(m.old, m.new))
             t0 = time.time()
@@ -517,14 +636,19 @@ def main() -> int:
             # pytest's exit 1 is "tests failed"; 2-5 (interrupted, internal error, usage, none collected) or a
             # timeout mean the mutant broke the run rather than being caught by a test.
             verdict = {1: "caught"}.get(rc, "MISSED" if rc == 0 else f"BROKEN (exit {rc})")
-            missed += verdict != "caught"
+            tally[verdict.split()[0]].append(m.name)
             print(f"{m.name:{W}} {verdict:7} {time.time() - t0:5.0f} s  "
                   + (first_failure(out) if rc == 1 else " ".join(t.split("::")[-1] for t in m.tests)), flush=True)
             if rc not in (0, 1):
                 print(out[-2000:])
             shutil.rmtree(copy, ignore_errors=True)
-    print(f"{len(chosen) - missed} of {len(chosen)} planted bugs caught")
-    return 1 if missed else 0
+    print(f"{len(tally['caught'])} of {len(chosen)} planted bugs caught; "
+          + ", ".join(f"{len(names)} {kind.lower()}" for kind, names in tally.items() if kind != "caught")
+          + f"; {(time.time() - started) / 60:.1f} min")
+    for kind in ("MISSED", "STALE", "BROKEN"):
+        if tally[kind]:
+            print(f"{kind.lower()}: {' '.join(tally[kind])}")
+    return 1 if len(tally["caught"]) < len(chosen) else 0
 
 
 if __name__ == "__main__":
