@@ -5,7 +5,8 @@ would (each rank of a launch sits in its own session, so killing the launcher wo
 start of its FAIL_STEP-th optimizer step (the same count with one micro-batch a step; the model's forward is
 left alone, so a --compile run compiles the real one). "sigint", "sigterm" and "sigint-twice" send those
 signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient second Ctrl-C would. Under an
-elastic launcher (--max_restarts), only the first attempt fails. "slow-decode" makes every image
+elastic launcher (--max_restarts), only the first attempt fails. "late-record" has rank FAIL_RANK
+write results.json a second late, and every rank read it once train() returns. "slow-decode" makes every image
 take 30 ms to decode (nothing fails: a signal is sent from outside). FAIL_MAIN names another command's module
 (vitdist.sweep, vitdist.tune): its trials' steps count as one sequence, so a signal lands inside a chosen trial."""
 
@@ -55,6 +56,24 @@ if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and rank == 1:
 
 if fail_with in SIGNALS:
     train_mod.optimizer_step = optimizer_step
+elif fail_with == "late-record":  # rank FAIL_RANK writes results.json a second late; every rank, once train()
+    # returns, must find it whole (a tune's or sweep's next step reads it on every rank)
+    import json
+    from pathlib import Path
+
+    real_write, real_train = train_mod.write_atomically, train_mod.train
+
+    def late_write(path, text):
+        if here and Path(path).name == "results.json":
+            time.sleep(1.0)
+        real_write(path, text)
+
+    def train_then_read(cfg):
+        results = real_train(cfg)
+        json.loads((Path(cfg.run_dir) / "results.json").read_text())  # raises where it is missing or half written
+        return results
+
+    train_mod.write_atomically, train_mod.train = late_write, train_then_read
 elif fail_with == "slow-decode":  # each image takes 30 ms to decode: time to press Ctrl-C while the data decodes
     import vitdist.data as data_mod
 

@@ -62,7 +62,9 @@ def steps(run_dir):
 def test_two_processes_match_one(tmp_path):
     one = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--run-dir", tmp_path / "one", num_processes=1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = accelerate_launch("-m", "vitdist.train", *TINY_FLAGS, "--run-dir", tmp_path / "two", num_processes=2)
+    # Rank 0 writes results.json a second late: rank 1 must still return from train() only once it is whole.
+    two = accelerate_launch(REPO / "tests" / "fail_on_rank.py", *TINY_FLAGS, "--run-dir", tmp_path / "two",
+                            num_processes=2, env_extra={"FAIL_RANK": "0", "FAIL_STEP": "0", "FAIL_WITH": "late-record"})
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es) x micro-batch 16 x 1 accumulation = global batch 32" in two.stdout
     assert "; DDP;" in two.stdout and "; one process;" in one.stdout

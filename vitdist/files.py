@@ -20,6 +20,14 @@ def make_readable(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~umask())
 
 
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write a whole file or nothing: a reader (another rank, another command) never sees it half written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors.torch.save_file, contiguous tensors, the file left with the user's usual mode."""
     from safetensors.torch import save_file
