@@ -569,7 +569,8 @@ def read_steps(accelerator: Accelerator, run_dir: Path, pending: list, epoch: in
     if accelerator.is_main_process:
         append_jsonl(run_dir / "steps.jsonl", rows)
         log_steps(accelerator.trackers, rows)
-    if bad is not None:
+    if bad is not None:  # every rank sees the same bad step (the stats are all-reduced) and stops here
+        accelerator.wait_for_everyone()  # once rank 0 has logged it: a sweep reads the curve on every rank next
         bar.close()
         raise Diverged(f"non-finite {'loss' if not math.isfinite(bad['loss']) else 'gradient norm'} "
                        f"at epoch {epoch + 1}, step {bad['step']} (lr {bad['lr']:.3g})")
