@@ -18,13 +18,13 @@ FLAGS = ["--data.name", "synthetic", "--data.synthetic-size", "400", "--data.val
          "--log.no-tensorboard", "--log.every-steps", "5"]
 
 
-def in_a_pty(args: list[str], timeout: float = 120) -> str:
+def in_a_pty(args: list[str], timeout: float = 120, env: dict | None = None) -> str:
     """What `python -m vitdist ARGS` writes to a fresh pty (size 0 x 0, as a bare pty reports)."""
     pty = pytest.importorskip("pty")
     pid, fd = pty.fork()
     if pid == 0:  # the child: stdout and stderr are the pty
         os.chdir(REPO)
-        os.execv(sys.executable, [sys.executable, "-m", "vitdist", *args])
+        os.execve(sys.executable, [sys.executable, "-m", "vitdist", *args], {**os.environ, **(env or {})})
     out = b""
     while True:
         ready, _, _ = select.select([fd], [], [], timeout)
@@ -44,7 +44,10 @@ def in_a_pty(args: list[str], timeout: float = 120) -> str:
 
 
 def test_a_terminal_gets_a_live_bar_and_the_header_first(tmp_path):
-    out = in_a_pty(["train", *FLAGS, "--run-dir", str(tmp_path / "run")])
+    # tqdm redraws at most every mininterval (0.1 s); an epoch of this tiny model can be faster than that, so the
+    # bar showed only "0/20" in 1 of 3 CI runs. The bar must be redrawn at each read whatever tqdm's clock says:
+    # with a mininterval of 1000 s it is drawn at the reads alone.
+    out = in_a_pty(["train", *FLAGS, "--run-dir", str(tmp_path / "run")], env={"TQDM_MININTERVAL": "1000"})
     header = out.index("epoch train_loss")
     first_bar = out.index("\repoch 1/2:")
     first_row = out.index("    1     ", first_bar)  # after the bar's clearing \r

@@ -835,13 +835,19 @@ class Progress:
     def step(self) -> None:
         self.done += 1
         if self.bar is not None:
-            rate = (self.done - self.start) * self.batch / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{rate:,.0f} img/s{self.read}", refresh=False)
-            self.bar.update(1)
+            self.bar.set_postfix_str(self.postfix(), refresh=False)
+            self.bar.update(1)  # redrawn at most every 0.1 s (tqdm's mininterval): a fast epoch may not be
+
+    def postfix(self) -> str:
+        rate = (self.done - self.start) * self.batch / max(time.perf_counter() - self.t0, 1e-9)
+        return f"{rate:,.0f} img/s{self.read}"
 
     def show(self, row: dict) -> None:
-        """After a read: the loss and rate it read."""
+        """After a read: the loss and rate it read. The bar is redrawn here whatever the time since the last
+        redraw: a read is when the host has news, and an epoch faster than tqdm's 0.1 s would show none."""
         self.read = f", loss {row['loss']:.4f}, lr {row['lr']:.2e}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.postfix(), refresh=True)
         now = time.perf_counter()
         if self.plain and now - self.last_line >= self.every_s:
             elapsed, here = now - self.t0, self.done - self.start
