@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import torch
 
-from vitdist import autobatch as ab
-from vitdist import memory as mem
+from vitdist.scale import autobatch as ab
+from vitdist.scale import memory as mem
 from vitdist.presets import get_preset
 
 NUM_CLASSES = 10  # CIFAR-10's head, as the presets train

@@ -2,7 +2,7 @@
 
 For each preset, precision, dropout and micro-batch: one step as autobatch's probe runs it (forward, backward,
 clip, AdamW), with every live tensor followed by PyTorch's MemTracker (the CPU's stand-in for
-torch.cuda.max_memory_allocated), beside vitdist.memory.estimate_memory(..., device_type="cpu").
+torch.cuda.max_memory_allocated), beside vitdist.scale.memory.estimate_memory(..., device_type="cpu").
 On a GPU, bench/autobatch_gpu.py makes the same comparison against the CUDA allocator.
 
     python bench/memory_estimate.py [--presets tiny small base] [--batches 1 32 256]
@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from vitdist.memory import StepProbe, estimate_memory
+from vitdist.scale.memory import StepProbe, estimate_memory
 from vitdist.presets import get_preset
 
 NUM_CLASSES = 10

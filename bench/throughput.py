@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 import vitdist.train as vtrain
 from vitdist.config import BatchConfig, TrainConfig
-from vitdist.data import BatchAugment, load_data
+from vitdist.data.augment import BatchAugment
+from vitdist.data.sources import load_data
 from vitdist.model import VisionTransformer
 from vitdist.optim import FUSED_DEVICES, build_optimizer
 from vitdist.precision import mixed_precision, resolve_precision, use_tf32

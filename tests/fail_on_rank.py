@@ -8,7 +8,8 @@ signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient se
 elastic launcher (--max_restarts), only the first attempt fails. "late-record" has rank FAIL_RANK
 write results.json a second late, and every rank read it once train() returns. "slow-decode" makes every image
 take 30 ms to decode (nothing fails: a signal is sent from outside). FAIL_MAIN names another command's module
-(vitdist.sweep, vitdist.tune): its trials' steps count as one sequence, so a signal lands inside a chosen trial."""
+(vitdist.checklist.sweep, vitdist.checklist.tune): its trials' steps count as one sequence, so a signal lands
+inside a chosen trial."""
 
 import importlib
 import os
@@ -16,14 +17,18 @@ import signal
 import sys
 import time
 
-import vitdist.train as train_mod
+import vitdist.train.command as command_mod
+import vitdist.train.epoch as epoch_mod
+import vitdist.train.run as run_mod
+import vitdist.train.step as step_mod
+from vitdist.model import VisionTransformer
 
 rank, fail_rank, fail_step = int(os.environ.get("RANK", 0)), os.environ["FAIL_RANK"], int(os.environ["FAIL_STEP"])
 fail_with = os.environ.get("FAIL_WITH", "raise")
 # Under an elastic launcher (--max_restarts), only the first attempt fails: the restarted group runs clean.
 here = fail_rank in ("all", str(rank)) and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-real_forward = train_mod.VisionTransformer.forward
-real_optimizer_step = train_mod.optimizer_step
+real_forward = VisionTransformer.forward
+real_optimizer_step = step_mod.optimizer_step
 calls = {"n": 0}
 
 
@@ -55,13 +60,13 @@ if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and rank == 1:
     time.sleep(float(os.environ.get("RESTARTED_RANK_1_LATE", "0")))
 
 if fail_with in SIGNALS:
-    train_mod.optimizer_step = optimizer_step
+    epoch_mod.optimizer_step = step_mod.optimizer_step = optimizer_step  # the run's, and lr_range's
 elif fail_with == "late-record":  # rank FAIL_RANK writes results.json a second late; every rank, once train()
     # returns, must find it whole (a tune's or sweep's next step reads it on every rank)
     import json
     from pathlib import Path
 
-    real_write, real_train = train_mod.write_atomically, train_mod.train
+    real_write, real_train = run_mod.write_atomically, command_mod.train
 
     def late_write(path, text):
         if here and Path(path).name == "results.json":
@@ -73,9 +78,9 @@ elif fail_with == "late-record":  # rank FAIL_RANK writes results.json a second 
         json.loads((Path(cfg.run_dir) / "results.json").read_text())  # raises where it is missing or half written
         return results
 
-    train_mod.write_atomically, train_mod.train = late_write, train_then_read
+    run_mod.write_atomically, command_mod.train = late_write, train_then_read
 elif fail_with == "slow-decode":  # each image takes 30 ms to decode: time to press Ctrl-C while the data decodes
-    import vitdist.data as data_mod
+    import vitdist.data.images as data_mod  # where FileImages decodes
 
     real_decode = data_mod.decode
 
@@ -85,5 +90,5 @@ elif fail_with == "slow-decode":  # each image takes 30 ms to decode: time to pr
 
     data_mod.decode = slow_decode
 else:
-    train_mod.VisionTransformer.forward = forward
+    VisionTransformer.forward = forward
 sys.exit(importlib.import_module(os.environ.get("FAIL_MAIN", "vitdist.train")).main(sys.argv[1:]))

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 from timm.utils.model_ema import ModelEmaV3
 
-import vitdist.train as train_mod
+import vitdist.train.epoch as epoch_mod
+from vitdist.train.command import main as command_main
+import vitdist.train.step as step_mod
 
 record = {"steps": [], "average": None}
-real_optimizer_step, real_init, real_update = train_mod.optimizer_step, ModelEmaV3.__init__, ModelEmaV3.update
+real_optimizer_step, real_init, real_update = step_mod.optimizer_step, ModelEmaV3.__init__, ModelEmaV3.update
 
 
 def optimizer_step(accelerator, model, *args, **kwargs):
@@ -38,7 +40,7 @@ def update(self, *args, **kwargs):
     keep_average(self)
 
 
-train_mod.optimizer_step, ModelEmaV3.__init__, ModelEmaV3.update = optimizer_step, init, update
-code = train_mod.main(sys.argv[1:])
+epoch_mod.optimizer_step, ModelEmaV3.__init__, ModelEmaV3.update = optimizer_step, init, update
+code = command_main(sys.argv[1:])
 torch.save(record, Path(os.environ["RECORD_DIR"]) / f"rank{os.environ.get('RANK', '0')}.pt")
 sys.exit(code)

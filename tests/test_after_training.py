@@ -16,10 +16,10 @@ import vitdist
 from conftest import REPO, run_cli, tiny_config
 from test_distributed import accelerate_launch
 from test_faults import image_folder
-from vitdist import evaluate, export, predict
+from vitdist.after import evaluate, export, predict
 from vitdist.config import DataConfig
-from vitdist.data import load_data
-from vitdist.train import train
+from vitdist.data.sources import load_data
+from vitdist.train.run import train
 
 CLASSES = ("ant", "bee", "cat")
 

@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 
 from conftest import REPO, tiny_config
 from test_faults import image_folder
-from vitdist import evaluate, export, predict
-from vitdist import train as train_mod
-from vitdist.runs import EMA_FILE, load_run
-from vitdist.train import train
+from vitdist.after import evaluate, export, predict
+from vitdist.train import epoch as epoch_mod
+from vitdist.after.load import EMA_FILE, load_run
+from vitdist.train.run import train
 
 
 def one_line_error(text: str) -> str:
@@ -64,7 +64,7 @@ def unfinished(tmp_path_factory):
     with the moving average as its best by construction (the average's validation accuracy planted at 1.0)."""
     tmp = tmp_path_factory.mktemp("unfinished")
     run, first = tmp / "ema", tmp / "first"
-    real_save, real_evaluate = train_mod.save_checkpoint, train_mod.evaluate
+    real_save, real_evaluate = epoch_mod.save_checkpoint, epoch_mod.evaluate
     calls = []
 
     def evaluate(model, loader, augment, accelerator):
@@ -83,8 +83,8 @@ def unfinished(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp, pytest.raises(Crash):
-        mp.setattr(train_mod, "evaluate", evaluate)
-        mp.setattr(train_mod, "save_checkpoint", save)
+        mp.setattr(epoch_mod, "evaluate", evaluate)
+        mp.setattr(epoch_mod, "save_checkpoint", save)
         train(tiny_config(run, epochs=2, checkpoint_every_steps=3, ema={"decay": 0.9}))
     torch.set_num_threads(threads)
     assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["epoch_0000_step_00000003"]
@@ -97,7 +97,7 @@ def unfinished(tmp_path_factory):
 
 SCRIPT = """
 import contextlib, io, json, sys
-from vitdist import evaluate, export, predict
+from vitdist.after import evaluate, export, predict
 loads = []
 for module in (evaluate, export, predict):
     real = module.load_run

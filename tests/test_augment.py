@@ -9,8 +9,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-import vitdist.augment as augment
-from vitdist.augment import BatchRandAugment, BatchTrivialAugmentWide, RandomErasing
+import vitdist.data.randaugment as augment
+from vitdist.data.randaugment import BatchRandAugment, BatchTrivialAugmentWide, RandomErasing
 
 AUGMENTS = {
     "randaugment": (BatchRandAugment, v2.RandAugment),
@@ -225,7 +225,7 @@ def test_random_erasing_matches_torchvision_areas():
 
 def test_the_flags_reach_the_batch_and_bad_values_are_one_line():
     from vitdist.config import DataConfig, UserError
-    from vitdist.data import BatchAugment
+    from vitdist.data.augment import BatchAugment
 
     aug = BatchAugment(DataConfig(rand_augment="2,9", random_erasing=0.25), 10)
     assert isinstance(aug.auto, BatchRandAugment) and aug.auto.num_ops == 2 and aug.erase.p == 0.25
@@ -251,7 +251,7 @@ def test_rand_augment_flag_gives_torchvisions_rand_augment_of_n_and_m(op, monkey
     from itertools import product
 
     from vitdist.config import DataConfig
-    from vitdist.data import BatchAugment
+    from vitdist.data.augment import BatchAugment
 
     n_ops, magnitude = 2, 9
     monkeypatch.setattr(v2.RandAugment, "_AUGMENTATION_SPACE", {op: v2.RandAugment._AUGMENTATION_SPACE[op]})

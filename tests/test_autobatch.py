@@ -22,12 +22,14 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import REPO, run_cli, tiny_config
-from vitdist import autobatch as ab
-from vitdist import memory as mem
-from vitdist.memory import DEEPSPEED_BUCKET_ELEMENTS
+from vitdist.scale import autobatch as ab
+from vitdist.scale import plan as batch_plan
+from vitdist.scale import memory as mem
+from vitdist.scale.memory import DEEPSPEED_BUCKET_ELEMENTS
 from vitdist.config import ModelConfig, UserError
 from vitdist.model import VisionTransformer, count_parameters
-from vitdist.presets import PRESETS, parse_train_config
+from vitdist.presets import PRESETS
+from vitdist.train.command import parse_train_config
 
 
 def limited(limit: int, raise_oom: bool = True):
@@ -93,7 +95,7 @@ def test_ranks_that_disagree_all_take_the_smallest_limit():
 WORKER = """
 import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
-from vitdist import memory as mem
+from vitdist.scale import memory as mem
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 limit = {{0: 48, 1: 20}}[rank]
@@ -130,17 +132,17 @@ def test_two_gloo_processes_agree_on_the_minimum(tmp_path):
 # --- margin, plans, OOM fallback
 
 def test_margin_and_cap_round_trip():
-    assert ab.with_margin(100) == 90 and ab.with_margin(1) == 1 and ab.with_margin(0) == 0
+    assert batch_plan.with_margin(100) == 90 and batch_plan.with_margin(1) == 1 and batch_plan.with_margin(0) == 0
     for per_rank in range(1, 3000):
-        cap = ab.search_cap(per_rank)
-        assert ab.with_margin(cap) >= per_rank  # a search that reaches the cap yields the whole per-rank batch
-        assert ab.with_margin(cap - 1) < per_rank or cap == per_rank  # and the cap is not larger than needed
+        cap = batch_plan.search_cap(per_rank)
+        assert batch_plan.with_margin(cap) >= per_rank  # a search that reaches the cap yields the whole per-rank batch
+        assert batch_plan.with_margin(cap - 1) < per_rank or cap == per_rank  # and the cap is not larger than needed
 
 
 @pytest.mark.parametrize("global_batch,world,max_micro", [
     (128, 1, 1000), (128, 1, 100), (1024, 8, 48), (96, 4, 5), (1000, 1, 300), (7, 7, 3), (30, 2, 1), (12, 1, 0)])
 def test_plan_tiles_the_global_batch(global_batch, world, max_micro):
-    micro, accum = ab.plan_batches(global_batch, max_micro, world)
+    micro, accum = batch_plan.plan_batches(global_batch, max_micro, world)
     assert micro * accum * world == global_batch
     assert micro <= max(1, max_micro)
     per_rank = global_batch // world
@@ -149,19 +151,19 @@ def test_plan_tiles_the_global_batch(global_batch, world, max_micro):
 
 def test_plan_rejects_what_cannot_tile():
     with pytest.raises(UserError, match="--global-batch 3 is smaller than 4 processes"):
-        ab.plan_batches(3, 10, 4, flag="--global-batch")
+        batch_plan.plan_batches(3, 10, 4, flag="--global-batch")
     with pytest.raises(UserError, match="not divisible by 4 processes"):
-        ab.plan_batches(10, 10, 4)
+        batch_plan.plan_batches(10, 10, 4)
     with pytest.raises(UserError, match="smaller than --batch.micro-batch-size 32 x 2 processes = 64"):
-        ab.check_micro_batch(32, 32, 2)
-    ab.check_micro_batch(128, 32, 2)
+        batch_plan.check_micro_batch(32, 32, 2)
+    batch_plan.check_micro_batch(128, 32, 2)
 
 
 def test_oom_fallback_keeps_the_global_batch_until_one():
     micro, accum, seen = 256, 2, []
     while True:
         try:
-            new = ab.next_plan_after_oom(micro, accum)
+            new = batch_plan.next_plan_after_oom(micro, accum)
         except UserError as e:
             assert "micro-batch 1" in str(e) and micro == 1
             break
@@ -170,8 +172,8 @@ def test_oom_fallback_keeps_the_global_batch_until_one():
         seen.append(new)
         micro, accum = new
     assert seen[:3] == [(128, 4), (64, 8), (32, 16)] and seen[-1] == (1, 512)
-    assert ab.next_plan_after_oom(12, 1) == (6, 2) and ab.next_plan_after_oom(9, 4) == (3, 12)
-    assert ab.next_plan_after_oom(7, 2) == (1, 14)
+    assert batch_plan.next_plan_after_oom(12, 1) == (6, 2) and batch_plan.next_plan_after_oom(9, 4) == (3, 12)
+    assert batch_plan.next_plan_after_oom(7, 2) == (1, 14)
 
 
 # --- the analytic estimate
@@ -389,7 +391,7 @@ def test_cli_under_a_deepspeed_launch_plans_for_its_stage_once(tmp_path):
     pytest.importorskip("deepspeed", reason="DeepSpeed is the optional [deepspeed] extra")
     from test_distributed import accelerate_launch
 
-    proc = accelerate_launch("-m", "vitdist.autobatch", "--preset", "tiny", "--global-batch", "256",
+    proc = accelerate_launch("-m", "vitdist.scale.autobatch", "--preset", "tiny", "--global-batch", "256",
                              num_processes=2, extra=["--config_file", str(REPO / "configs" / "zero3_offload.yaml")],
                              timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

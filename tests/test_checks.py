@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 from accelerate.utils import set_seed
 
-from vitdist.checks import (check_gradients, check_overfit, check_overfit_seeds, check_shapes, fixed_batch, main,
-                            run_checks)
+from vitdist.checklist.checks import (check_gradients, check_overfit, check_overfit_seeds, check_shapes, fixed_batch,
+                                      main, run_checks)
 from vitdist.config import ModelConfig
-from vitdist.data import _synthetic
+from vitdist.data.sources import _synthetic
 from vitdist.model import VisionTransformer
 from vitdist.presets import get_preset
 

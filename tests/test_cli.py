@@ -4,7 +4,8 @@ import pytest
 
 from conftest import run_cli
 from vitdist.cli import main
-from vitdist.presets import PRESETS, parse_train_config
+from vitdist.presets import PRESETS
+from vitdist.train.command import parse_train_config
 
 
 def fails(capsys, *argv) -> str:

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from test_distributed import TINY_FLAGS, accelerate_launch, launch_killed_at, steps
 from test_train import Crash, plain_eval
-from vitdist import train as train_mod
+from vitdist.train import epoch as epoch_mod
 from vitdist.model import VisionTransformer
-from vitdist.train import train
+from vitdist.train.run import train
 
 # 320 training images / global batch 32: 10 steps an epoch, 20 in all.
 OVER = dict(data={"synthetic_size": 400})
@@ -69,17 +69,17 @@ def test_compiled_steps_follow_eager_and_export_plain_weights(tmp_path, capsys, 
 def test_a_run_resumes_across_compiled_and_eager(tmp_path, monkeypatch, capsys, eager_run, first, then):
     """The first epoch one way, a crash right after its checkpoint, the second epoch the other way: the 20 steps
     follow the eager run's."""
-    real_save = train_mod.save_checkpoint
+    real_save = epoch_mod.save_checkpoint
 
     def save_then_die(accelerator, run_dir, state):
         real_save(accelerator, run_dir, state)
         raise Crash
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(epoch_mod, "save_checkpoint", save_then_die)
     run = tmp_path / "run"
     with pytest.raises(Crash):
         train(tiny_config(run, compile=first, **OVER))
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(epoch_mod, "save_checkpoint", real_save)
     train(tiny_config(run, compile=then, resume="auto", **OVER))
     out = capsys.readouterr().out
     assert "at epoch 1, step 10" in out and ("; compiled; " if then else "; eager; ") in out

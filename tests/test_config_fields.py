@@ -10,9 +10,9 @@ import math
 import pytest
 
 from vitdist import config as C
-from vitdist.evaluate import EvalArgs
-from vitdist.predict import PredictArgs
-from vitdist.presets import parse_train_config
+from vitdist.after.evaluate import EvalArgs
+from vitdist.after.predict import PredictArgs
+from vitdist.train.command import parse_train_config
 
 NAN, INF = math.nan, math.inf
 # field (as the flag spells it, less its dashes) -> values that must be refused. Fields whose every value is fine

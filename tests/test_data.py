@@ -12,9 +12,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from conftest import SHARED_DATA, tiny_config
 from vitdist.config import DataConfig
-from vitdist.data import (BatchAugment, EpochSampler, color_jitter, jitter_colors, load_data, random_crop,
-                          stratified_order, stratified_split)
-from vitdist.train import train
+from vitdist.data.augment import BatchAugment, color_jitter, jitter_colors, random_crop
+from vitdist.data.batches import EpochSampler
+from vitdist.data.sources import load_data, stratified_order, stratified_split
+from vitdist.train.run import train
 
 
 def test_stratified_split_keeps_class_shares():
@@ -211,7 +212,8 @@ def test_color_jitter_draws_torchvisions_ranges_and_every_order(monkeypatch):
     torchvision's randperm(4) per call). Counts of 1000 expected: 5 standard deviations (5 sqrt(1000 x 23/24))
     is 155."""
     drawn = {}
-    monkeypatch.setattr("vitdist.data.jitter_colors", lambda x, factors, order: drawn.update(f=factors, o=order))
+    monkeypatch.setattr("vitdist.data.augment.jitter_colors",
+                        lambda x, factors, order: drawn.update(f=factors, o=order))
     torch.manual_seed(0)
     color_jitter(torch.zeros(24_000, 3, 1, 1), 0.2, 0.2, 0.2, 0.1)
     f, o = drawn["f"], drawn["o"]
@@ -330,7 +332,8 @@ def test_device_batches_are_the_sharded_loaders_batches(world):
     from accelerate.data_loader import BatchSamplerShard
     from torch.utils.data import DataLoader
 
-    from vitdist.data import DeviceBatches, TensorImages, train_loader
+    from vitdist.data.batches import DeviceBatches, train_loader
+    from vitdist.data.images import TensorImages
 
     torch.manual_seed(0)
     ds = TensorImages(torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8), torch.arange(100) % 10)
@@ -357,8 +360,8 @@ def test_training_from_files_and_from_the_device_take_the_same_steps(tmp_path, m
     from conftest import tiny_config
     from safetensors.torch import load_file
 
-    import vitdist.data as data_mod
-    from vitdist.train import train
+    import vitdist.data.sources as data_mod
+    from vitdist.train.run import train
 
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 40), ("val", 8)):

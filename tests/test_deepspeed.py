@@ -64,7 +64,8 @@ def test_zero_matches_ddp(tmp_path, ddp_run, stage, micro):
 def plain_model_on_val(run, dtype):
     """(accuracy, loss, the best epoch's metrics row): model.safetensors in a plain VisionTransformer."""
     from vitdist.config import from_dict
-    from vitdist.data import BatchAugment, load_data
+    from vitdist.data.augment import BatchAugment
+    from vitdist.data.sources import load_data
     from vitdist.model import VisionTransformer
 
     cfg = from_dict(json.loads((run / "config.json").read_text()))

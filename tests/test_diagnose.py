@@ -13,10 +13,10 @@ import pytest
 import tyro
 
 from conftest import run_cli
-from vitdist import diagnose as dg
+from vitdist.checklist import diagnose as dg
 from vitdist.config import TrainConfig, from_dict, to_dict
-from vitdist.runs import read_run
-from vitdist.presets import parse_train_config
+from vitdist.train.record import read_run
+from vitdist.train.command import parse_train_config
 
 DEMO_RUN = Path(__file__).parent / "data" / "demo_run"  # `vitdist train --preset demo`, 15 epochs, recorded
 EXPLODED_RUN = Path(__file__).parent / "data" / "exploded_run"  # a tiny ViT at lr 3, no clipping, recorded

@@ -15,9 +15,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 import vitdist
 from conftest import tiny_config
 from test_interrupts import FLAGS, planted, same_run
-from vitdist import evaluate
-from vitdist.runs import EMA_FILE
-from vitdist.train import train
+from vitdist.after import evaluate
+from vitdist.after.load import EMA_FILE
+from vitdist.train.run import train
 
 DECAY = 0.9
 # The resume test also turns on the strong augmentation (augment.py): its per-image draws come from the generators

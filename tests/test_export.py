@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_config
-from vitdist import export
-from vitdist import train as train_mod
+from vitdist.after import export
+from vitdist.train import epoch as epoch_mod
 from vitdist.config import UserError
 from vitdist.model import VisionTransformer
-from vitdist.runs import load_run
-from vitdist.train import train
+from vitdist.after.load import load_run
+from vitdist.train.run import train
 
 TRACE_BATCH = 2  # --check-batch: the example the traced formats see; they are tested on other sizes below
 
@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     """One tiny run, shared: (run folder, its best model, its RunInfo). Two epochs on a subset of digits (which
     has a test split, so the run scores one), epoch 2's validation accuracy planted as 0: epoch 1 is the best and
     epoch 2 the last, with different weights, whatever the training did (test_train's trick)."""
-    real_evaluate = train_mod.evaluate
+    real_evaluate = epoch_mod.evaluate
     calls = {"n": 0}
 
     def evaluate(model, loader, augment, accelerator):
@@ -41,7 +41,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)  # see conftest.one_thread: the tiny model runs faster on one thread here
     folder = tmp_path_factory.mktemp("export") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "evaluate", evaluate)
+        mp.setattr(epoch_mod, "evaluate", evaluate)
         results = train(tiny_config(folder, epochs=2, data={"name": "digits", "train_subset": 256,
                                                                "val_subset": 64}))
     assert results["best_epoch"] == 1 and "test_acc" in results

@@ -18,11 +18,14 @@ from PIL import Image
 from conftest import REPO, tiny_config
 from test_diagnose import config as diagnose_config
 from test_diagnose import make_rows
-from vitdist import diagnose as dg
+from vitdist.checklist import diagnose as dg
 from vitdist import train as train_mod
+from vitdist.train import run as run_mod
+from vitdist.train import folder as folder_mod
 from vitdist.config import DataConfig, UserError
-from vitdist.data import load_data
-from vitdist.train import grad_norm_stats, train
+from vitdist.data.sources import load_data
+from vitdist.train.run import train
+from vitdist.train.step import grad_norm_stats
 
 
 def image_folder(root, classes=("cat", "dog"), splits=(("train", 12), ("val", 4)), size=24):
@@ -175,7 +178,7 @@ def test_sets_decoded_per_batch_report_and_skip_unreadable_images_too(tmp_path):
 def test_a_run_folder_that_cannot_hold_the_run_is_one_line(tmp_path, monkeypatch):
     def refused(run_dir, match):
         reads = []
-        monkeypatch.setattr(train_mod, "load_data", lambda *a: reads.append(a))
+        monkeypatch.setattr(run_mod, "load_data", lambda *a: reads.append(a))
         with pytest.raises(UserError, match=match):
             train(tiny_config(run_dir))
         assert not reads  # before any data was read
@@ -185,7 +188,7 @@ def test_a_run_folder_that_cannot_hold_the_run_is_one_line(tmp_path, monkeypatch
     refused(tmp_path / "a_file" / "run", "a_file is a file, not a folder")
     refused("/sys/vitdist-run", r"cannot write in /sys \(")  # read-only here, even to root
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(train_mod.shutil, "disk_usage", lambda path: Usage(10 << 20, 10 << 20, 100 << 10))
+    monkeypatch.setattr(folder_mod.shutil, "disk_usage", lambda path: Usage(10 << 20, 10 << 20, 100 << 10))
     refused(tmp_path / "run", r"0 MB free there, and a checkpoint of this model takes about 1 MB")
 
 
@@ -226,13 +229,13 @@ def test_no_deepspeed_line_in_a_single_process_run(tmp_path):
 
 
 def test_a_run_that_diverges_in_its_first_epoch_says_so_and_diagnose_reads_it(tmp_path, monkeypatch, capsys):
-    real_forward = train_mod.VisionTransformer.forward
+    real_forward = run_mod.VisionTransformer.forward
 
     def forward(self, x):
         out = real_forward(self, x)
         return out * float("nan") if self.training else out
 
-    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+    monkeypatch.setattr(run_mod.VisionTransformer, "forward", forward)
     run = tmp_path / "run"
     code = train_mod.main(["--data.name", "synthetic", "--data.synthetic-size", "320", "--epochs", "2",
                            "--model.num-layers", "1", "--log.no-tensorboard", "--log.no-progress", "--run-dir",
@@ -281,8 +284,8 @@ def test_a_warmup_longer_than_the_run_is_said_at_start(tmp_path, capsys):
 
 def test_sweep_lr_without_epochs_runs_a_few_epochs_a_rate(tmp_path, capsys):
     from test_sweep import TINY_FLAGS as SWEEP_FLAGS
-    from vitdist.sweep import SWEEP_EPOCHS
-    from vitdist.sweep import main as sweep_main
+    from vitdist.checklist.sweep import SWEEP_EPOCHS
+    from vitdist.checklist.sweep import main as sweep_main
 
     flags = [f for i, f in enumerate(SWEEP_FLAGS) if f != "--epochs" and SWEEP_FLAGS[i - 1] != "--epochs"]
     assert sweep_main(["lr", *flags, "--lrs", "1e-3", "--sweep-dir", str(tmp_path)]) == 0

@@ -20,9 +20,9 @@ from conftest import REPO
 from test_distributed import TINY_FLAGS, accelerate_launch, steps
 from test_ema import DECAY, averaged, reference_average
 from test_flops import counted_flops
-from vitdist import evaluate
-from vitdist.data import load_data
-from vitdist.runs import run_config
+from vitdist.after import evaluate
+from vitdist.data.sources import load_data
+from vitdist.train.record import run_config
 
 GLOBAL_BATCH, RANKS, STEPS_PER_EPOCH = 32, 2, 8  # TINY_FLAGS: 256 training images
 PEAK = 2.5  # VITDIST_PEAK_TFLOPS: a CPU has no peak of its own

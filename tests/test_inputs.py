@@ -14,12 +14,15 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from conftest import tiny_config
-from vitdist import data as data_mod
+from vitdist.data import cache as cache_mod
+from vitdist.data import images as images_mod
+from vitdist.data import sources as data_mod
 from vitdist import train as train_mod
 from vitdist.config import DataConfig, ModelConfig, TrainConfig, UserError
-from vitdist.data import decode, load_data
-from vitdist.predict import Images, image_files
-from vitdist.runs import RunInfo
+from vitdist.data.images import decode
+from vitdist.data.sources import load_data
+from vitdist.after.predict import Images, image_files
+from vitdist.after.load import RunInfo
 
 
 def write_png(path: Path, pixels: np.ndarray, bit_depth: int) -> Path:
@@ -99,8 +102,8 @@ def test_a_warm_decode_cache_from_an_older_decoder_is_not_served(tmp_path, monke
     cfg = DataConfig(name="imagefolder", root=str(root))
     clipping = lambda image, size: torch.full((3, size, size), 255, dtype=torch.uint8)  # noqa: E731 - the old clip
     with monkeypatch.context() as m:
-        m.setattr(data_mod, "decode", clipping)
-        m.setattr(data_mod, "DECODER_VERSION", -1, raising=False)  # an older decoder, its own version
+        m.setattr(images_mod, "decode", clipping)
+        m.setattr(cache_mod, "DECODER_VERSION", -1, raising=False)  # an older decoder, its own version
         stale = load_data(cfg, 16, 0)
     assert stale.train.images.min() == 255  # the old decoder's cache is written
     fresh = load_data(cfg, 16, 0)

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_config
-from vitdist.train import train
+from vitdist.train.run import train
 
 
 def read_jsonl(path) -> list[dict]:

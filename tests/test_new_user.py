@@ -18,8 +18,9 @@ import pytest
 from conftest import REPO, tiny_config
 from test_faults import image_folder
 from test_record import FLAGS, rows
-from vitdist import evaluate, export, predict
+from vitdist.after import evaluate, export, predict
 from vitdist import train as train_mod
+from vitdist.train import step as step_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -87,7 +88,7 @@ def test_a_run_piped_into_head_trains_to_the_end(tmp_path):
 def test_a_full_disk_in_the_log_writer_stops_in_one_line_and_the_resume_reads_past_the_torn_line(tmp_path, capsys,
                                                                                              monkeypatch):
     run = tmp_path / "run"
-    real = train_mod.append_jsonl
+    real = step_mod.append_jsonl
 
     def fills_up(path, records):
         if path.name == "steps.jsonl" and records[0]["step"] > 16:  # epoch 3's first read: half a line, then full
@@ -96,7 +97,7 @@ def test_a_full_disk_in_the_log_writer_stops_in_one_line_and_the_resume_reads_pa
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, records)
 
-    monkeypatch.setattr(train_mod, "append_jsonl", fills_up)
+    monkeypatch.setattr(step_mod, "append_jsonl", fills_up)
     capsys.readouterr()
     assert train_mod.main([*FLAGS, "--run-dir", str(run)]) == 1
     err = capsys.readouterr().err.strip()
@@ -106,7 +107,7 @@ def test_a_full_disk_in_the_log_writer_stops_in_one_line_and_the_resume_reads_pa
     assert "continue with: vitdist train --run-dir" in err
     assert not (run / "steps.jsonl").read_text().endswith("\n")  # the torn line is there
 
-    monkeypatch.setattr(train_mod, "append_jsonl", real)
+    monkeypatch.setattr(step_mod, "append_jsonl", real)
     assert train_mod.main(["--run-dir", str(run), "--resume", "auto"]) == 0
     assert [r["step"] for r in rows(run / "steps.jsonl")] == list(range(1, 25))
     assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3]

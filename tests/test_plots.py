@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from vitdist import plots
-from vitdist.runs import Run, read_run
+from vitdist.checklist import plots
+from vitdist.train.record import Run, read_run
 
 DEMO_RUN = Path(__file__).parent / "data" / "demo_run"
 

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config
 from vitdist.config import UserError
 from vitdist.precision import mixed_precision, resolve_precision
-from vitdist.train import train
+from vitdist.train.run import train
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 

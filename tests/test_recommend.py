@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from vitdist import recommend as rc
+from vitdist.checklist import recommend as rc
+from vitdist.scale import plan as batch_plan
 from vitdist.model import VisionTransformer, count_parameters
-from vitdist.presets import PRESETS, parse_train_config
+from vitdist.presets import PRESETS
+from vitdist.train.command import parse_train_config
 
 
 def test_the_batch_table_other_commands_import_is_unchanged():
-    assert rc.BATCH_BY_GPU_MEMORY_GB == [(16.0, (128, 256)), (8.0, (64, 128)), (4.0, (32, 64))]
-    assert [rc.batch_guess(g) for g in (80, 16, 15.9, 8, 4, 3.9)] == \
+    assert batch_plan.BATCH_BY_GPU_MEMORY_GB == [(16.0, (128, 256)), (8.0, (64, 128)), (4.0, (32, 64))]
+    assert [batch_plan.batch_guess(g) for g in (80, 16, 15.9, 8, 4, 3.9)] == \
         [(128, 256), (128, 256), (64, 128), (64, 128), (32, 64), None]
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from vitdist import train as train_mod
+from vitdist.train import epoch as epoch_mod
+from vitdist.train import folder as folder_mod
 from vitdist.config import TrainConfig, UserError
 from vitdist.presets import changed_fields
 
@@ -134,10 +136,10 @@ def test_a_resume_refuses_every_field_it_may_not_change_naming_it_and_takes_the_
     value, may = CHANGES[key]
     resume_dir = Path("runs/r/checkpoints/epoch_0003")
     if may:
-        train_mod.check_resume(changed(saved, key, value), saved, 3, resume_dir)
+        folder_mod.check_resume(changed(saved, key, value), saved, 3, resume_dir)
         return
     with pytest.raises(UserError) as e:
-        train_mod.check_resume(changed(saved, key, value), saved, 3, resume_dir)
+        folder_mod.check_resume(changed(saved, key, value), saved, 3, resume_dir)
     message = str(e.value)
     head, _, name = key.rpartition(".")
     flag = ("--" + head + "." if head else "--") + ("no-" if value is False else "") + name.replace("_", "-")
@@ -146,17 +148,17 @@ def test_a_resume_refuses_every_field_it_may_not_change_naming_it_and_takes_the_
 
 
 def interrupted_after_epoch_1(run, monkeypatch):
-    real_save = train_mod.save_checkpoint
+    real_save = epoch_mod.save_checkpoint
 
     def save_then_die(accelerator, run_dir, state):
         real_save(accelerator, run_dir, state)
         if state.epoch == 1:
             raise KeyboardInterrupt  # stands in for any death right after a checkpoint
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(epoch_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_mod.main([*FLAGS, "--run-dir", str(run)])
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(epoch_mod, "save_checkpoint", real_save)
 
 
 def test_resume_alone_continues_the_run_as_its_config_says(tmp_path, capsys, monkeypatch):

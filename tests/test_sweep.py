@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitdist import lr_range, sweep
-from vitdist.grid import apply_overrides, parse_grid
-from vitdist.sweep import lr_curve_verdict, main
+from vitdist.checklist import lr_range
+from vitdist.checklist import sweep
+from vitdist.checklist.grid import apply_overrides, parse_grid
+from vitdist.checklist.sweep import lr_curve_verdict, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,7 +137,7 @@ def test_range_suggestion_is_at_the_steepest_descent():
 def test_sweep_lr_end_to_end(tmp_path, capsys, monkeypatch):
     # lr 5 really diverges: a forward that turns NaN once its run reaches epoch 2 stands in for the blow-up,
     # so the trainer raises Diverged exactly as it would (and quickly).
-    import vitdist.train as train_mod
+    import vitdist.train.run as train_mod  # where train_trial finds train()
     from vitdist.model import VisionTransformer
 
     real_train, real_forward = train_mod.train, VisionTransformer.forward

@@ -10,9 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from vitdist import train as train_mod
+from vitdist.train import epoch as epoch_mod
+from vitdist.train import run as run_mod
+from vitdist.train import record as record_mod
 from vitdist.flops import train_flops_per_image
-from vitdist.train import Diverged, train
+from vitdist.train.run import train
+from vitdist.train.step import Diverged
 
 METRIC_FIELDS = {"epoch", "step", "train_loss", "train_acc", "train_clean_loss", "train_clean_acc", "val_loss",
                  "val_acc", "lr", "grad_norm_mean", "grad_norm_max", "epoch_time_s", "train_time_s", "images_per_s",
@@ -66,14 +69,14 @@ def straight_run(tmp_path_factory):
 
 
 def count_training_forwards(monkeypatch) -> dict:
-    real_forward = train_mod.VisionTransformer.forward
+    real_forward = run_mod.VisionTransformer.forward
     calls = {"n": 0}
 
     def forward(self, x):
         calls["n"] += self.training
         return real_forward(self, x)
 
-    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+    monkeypatch.setattr(run_mod.VisionTransformer, "forward", forward)
     return calls
 
 
@@ -82,17 +85,17 @@ def test_exact_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys
     """Dropout, drop path and augmentation on: the resumed run must restore every RNG, not only the weights.
     It must also really resume: say where, and run only the steps that were left (a fresh seeded restart would
     end with the same bytes). `--resume PATH` takes a checkpoint folder or a run folder."""
-    real_save = train_mod.save_checkpoint
+    real_save = epoch_mod.save_checkpoint
 
     def save_then_die(accelerator, run_dir, state):
         real_save(accelerator, run_dir, state)
         if state.epoch == 2:
             raise Crash  # the machine dies right after epoch 2's checkpoint
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(epoch_mod, "save_checkpoint", save_then_die)
     with pytest.raises(Crash):
         train(tiny_config(tmp_path / "resumed", **RESUME_OVER))
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(epoch_mod, "save_checkpoint", real_save)
     assert len(rows(tmp_path / "resumed" / "metrics.jsonl")) == 2
     capsys.readouterr()
 
@@ -136,7 +139,7 @@ def test_every_step_follows_warmup_then_cosine(tmp_path):
 def test_the_best_epoch_not_the_last_is_tested_and_exported(tmp_path, monkeypatch):
     """Epochs 1 and 3 are planted worse on validation (their accuracy read as 0), so epoch 2 is the best whatever
     the training did: the run must test and export epoch 2's weights, not the last ones it trained."""
-    real_evaluate = train_mod.evaluate
+    real_evaluate = epoch_mod.evaluate
     calls = {"n": 0}
 
     def evaluate(model, loader, augment, accelerator):
@@ -144,7 +147,7 @@ def test_the_best_epoch_not_the_last_is_tested_and_exported(tmp_path, monkeypatc
         calls["n"] += 1
         return (loss, 0.0) if calls["n"] in (1, 5) else (loss, acc)  # per epoch: val, then clean train
 
-    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    monkeypatch.setattr(epoch_mod, "evaluate", evaluate)
     run = tmp_path / "run"
     results = train(tiny_config(run, epochs=3, optim={"lr": 5e-3, "warmup_epochs": 0.5}, data={"name": "digits"}))
     metrics = rows(run / "metrics.jsonl")
@@ -163,7 +166,8 @@ def test_the_best_epoch_not_the_last_is_tested_and_exported(tmp_path, monkeypatc
 def plain_eval(run, state_dict, split: str) -> tuple[float, float]:
     """(loss, accuracy) of state_dict on a split, in a plain VisionTransformer built from the run's config."""
     from vitdist.config import from_dict
-    from vitdist.data import BatchAugment, load_data
+    from vitdist.data.augment import BatchAugment
+    from vitdist.data.sources import load_data
     from vitdist.model import VisionTransformer
 
     cfg = from_dict(json.loads((run / "config.json").read_text()))
@@ -184,7 +188,7 @@ def test_resume_ignores_a_half_written_checkpoint(tmp_path):
     half = tmp_path / "run" / "checkpoints" / "epoch_0003"
     half.mkdir()  # a save that died before train_state.json: not complete
     (half / "model.safetensors").write_bytes(b"garbage")
-    found = train_mod.find_resume("auto", tmp_path / "run")
+    found = record_mod.find_resume("auto", tmp_path / "run")
     assert found.name == "epoch_0002"
 
 
@@ -207,7 +211,7 @@ def test_accumulation_equals_the_full_batch(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path / "run", epochs=4)
-    real_forward = train_mod.VisionTransformer.forward
+    real_forward = run_mod.VisionTransformer.forward
     calls = {"n": 0}
 
     def forward(self, x):
@@ -219,7 +223,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
                 return out * float("nan")
         return out
 
-    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+    monkeypatch.setattr(run_mod.VisionTransformer, "forward", forward)
     with pytest.raises(Diverged, match="non-finite loss at epoch 3, step 21 "):
         train(cfg)
     # Read at the epoch's end (--log.every-steps 50), but the fused AdamW skipped the bad steps on the device.
@@ -265,14 +269,14 @@ def test_wandb_offline_logs_every_metric(tmp_path, monkeypatch):
 
 def oom_above(monkeypatch, limit: int):
     """Every training forward on more than `limit` images raises torch.OutOfMemoryError, as a full GPU would."""
-    real_forward = train_mod.VisionTransformer.forward
+    real_forward = run_mod.VisionTransformer.forward
 
     def forward(self, x):
         if self.training and x.shape[0] > limit:
             raise torch.OutOfMemoryError(f"injected: batch {x.shape[0]} > {limit}")
         return real_forward(self, x)
 
-    monkeypatch.setattr(train_mod.VisionTransformer, "forward", forward)
+    monkeypatch.setattr(run_mod.VisionTransformer, "forward", forward)
 
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_global_batch(tmp_path, monkeypatch, capsys):

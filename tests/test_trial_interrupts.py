@@ -12,8 +12,8 @@ import pytest
 
 from test_interrupts import TIMING, planted
 from test_sweep import TINY_FLAGS
-from vitdist import sweep as sweep_mod
-from vitdist import tune as tune_mod
+from vitdist.checklist import sweep as sweep_mod
+from vitdist.checklist import tune as tune_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +34,7 @@ def test_sweep_lr_stopped_inside_a_trial_continues_it_and_ends_as_an_unbroken_sw
     sweep = tmp_path / "sweep"
     args = [*TINY_FLAGS, "--lrs", "1e-3", "5e-4", "--epochs", "2", "--sweep-dir", str(sweep)]
     # 16 steps for the first rate; step 21 is the second rate's fifth.
-    proc = planted("lr", *args, env={"FAIL_MAIN": "vitdist.sweep", "FAIL_STEP": "21", "FAIL_WITH": "sigint"})
+    proc = planted("lr", *args, env={"FAIL_MAIN": "vitdist.checklist.sweep", "FAIL_STEP": "21", "FAIL_WITH": "sigint"})
     assert proc.returncode == 130, proc.stderr[-3000:]
     checkpoint = sweep / "lr_0.0005" / "checkpoints" / "epoch_0000_step_00000005"
     assert f"vitdist: stopped on SIGINT with a checkpoint in {checkpoint}. Continue with: vitdist sweep lr" \
@@ -61,7 +61,7 @@ def test_tune_stopped_inside_a_trial_continues_it_on_resume(tmp_path, capsys):
     args = [*TINY_FLAGS, "--lrs", "1e-3", "5e-4", "--sweep-epochs", "1", "--epochs", "2", "--budget-trials", "4",
             "--tune-dir", str(tune)]
     # The sweep's 2 x 8 steps, then the template's trial: step 20 is its fourth.
-    proc = planted(*args, env={"FAIL_MAIN": "vitdist.tune", "FAIL_STEP": "20", "FAIL_WITH": "sigterm"})
+    proc = planted(*args, env={"FAIL_MAIN": "vitdist.checklist.tune", "FAIL_STEP": "20", "FAIL_WITH": "sigterm"})
     assert proc.returncode == 143, proc.stderr[-3000:]
     checkpoint = tune / "trial_000" / "checkpoints" / "epoch_0000_step_00000004"
     assert f"vitdist: stopped on SIGTERM with a checkpoint in {checkpoint}. Continue with: vitdist tune" \
@@ -79,7 +79,8 @@ def test_tune_stopped_inside_a_trial_continues_it_on_resume(tmp_path, capsys):
 def test_sweep_grid_stopped_by_sigterm_continues_the_trial(tmp_path, capsys):
     sweep = tmp_path / "grid"
     args = [*TINY_FLAGS, "--set", "model.dropout=0,0.1", "--epochs", "1", "--sweep-dir", str(sweep)]
-    proc = planted("grid", *args, env={"FAIL_MAIN": "vitdist.sweep", "FAIL_STEP": "11", "FAIL_WITH": "sigterm"})
+    proc = planted("grid", *args,
+                   env={"FAIL_MAIN": "vitdist.checklist.sweep", "FAIL_STEP": "11", "FAIL_WITH": "sigterm"})
     assert proc.returncode == 143, proc.stderr[-3000:]
     checkpoint = sweep / "trial_001" / "checkpoints" / "epoch_0000_step_00000003"
     assert f"with a checkpoint in {checkpoint}. Continue with: vitdist sweep grid" in proc.stderr
@@ -92,7 +93,7 @@ def test_sweep_grid_stopped_by_sigterm_continues_the_trial(tmp_path, capsys):
 def test_sweep_range_stopped_by_sigint_keeps_the_curve_so_far(tmp_path):
     out = tmp_path / "range"
     proc = planted("range", *TINY_FLAGS, "--num-steps", "40", "--sweep-dir", str(out),
-                   env={"FAIL_MAIN": "vitdist.sweep", "FAIL_STEP": "12", "FAIL_WITH": "sigint"})
+                   env={"FAIL_MAIN": "vitdist.checklist.sweep", "FAIL_STEP": "12", "FAIL_WITH": "sigint"})
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "vitdist: stopped on SIGINT after 12 of 40 steps: the curve so far is in" in proc.stderr
     report = json.loads((out / "range.json").read_text())

@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 
 from conftest import run_cli, tiny_config
-from vitdist import diagnose as dg
-from vitdist import tune as tune_mod
-from vitdist.diagnose import Advice, Diagnosis
+from vitdist.checklist import diagnose as dg
+from vitdist.checklist import tune as tune_mod
+from vitdist.checklist.diagnose import Advice, Diagnosis
 
 NUM_VAL = 1000  # 2 binomial standard errors of a difference near 0.6: about 0.044
 
@@ -59,8 +59,8 @@ def planted(monkeypatch):
         return Diagnosis(dg.SEVERE, "", {}, [], advice, [dg.SEVERE])
 
     monkeypatch.setattr(tune_mod, "train_trial", train_trial)
-    monkeypatch.setattr("vitdist.sweep.sweep_lr", sweep_lr)
-    monkeypatch.setattr("vitdist.checks.run_checks", lambda cfg, print_fn=print: [])
+    monkeypatch.setattr("vitdist.checklist.sweep.sweep_lr", sweep_lr)
+    monkeypatch.setattr("vitdist.checklist.checks.run_checks", lambda cfg, print_fn=print: [])
     monkeypatch.setattr(dg, "diagnose", diagnose)
     monkeypatch.setattr(tune_mod, "score_test_once", lambda run_dir: {"accuracy": 0.5})
     return calls
@@ -197,7 +197,7 @@ def test_two_processes_run_each_trial_together(tmp_path):
     alone writes the records, and both ranks end together."""
     from test_distributed import TINY_FLAGS, accelerate_launch
 
-    proc = accelerate_launch("-m", "vitdist.tune", *TINY_FLAGS, "--epochs", "1", "--model.num-layers", "1",
+    proc = accelerate_launch("-m", "vitdist.checklist.tune", *TINY_FLAGS, "--epochs", "1", "--model.num-layers", "1",
                              "--optim.warmup-epochs", "0.2", "--tune-dir", tmp_path / "t", "--budget-trials", "3",
                              "--sweep-epochs", "1", "--lrs", "1e-3", num_processes=2, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -22,13 +22,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from vitdist import data as data_mod
-from vitdist import evaluate, export
+from vitdist.data import sources as data_mod
+from vitdist.after import evaluate, export
 from vitdist import train as train_mod
+from vitdist.train import epoch as epoch_mod
+from vitdist.train import run as run_mod
 from vitdist.config import DataConfig
-from vitdist.data import TensorImages, load_data
+from vitdist.data.images import TensorImages
+from vitdist.data.sources import load_data
 from vitdist.model import VisionTransformer
-from vitdist.runs import EMA_FILE, load_run
+from vitdist.after.load import EMA_FILE, load_run
 
 # CIFAR-10's statistics: every channel differs, and no mean equals its std, so a swap or a shift shows.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -44,7 +47,7 @@ def planted_run(folder, kind: str):
     from timm.utils.model_ema import ModelEmaV3
 
     averages = []
-    real_init, real_evaluate = ModelEmaV3.__init__, train_mod.evaluate
+    real_init, real_evaluate = ModelEmaV3.__init__, epoch_mod.evaluate
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
@@ -63,7 +66,7 @@ def planted_run(folder, kind: str):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(ModelEmaV3, "__init__", init)
-            mp.setattr(train_mod, "evaluate", evaluate_planted)
+            mp.setattr(epoch_mod, "evaluate", evaluate_planted)
             results = train_mod.train(tiny_config(folder, epochs=2, data=DIGITS, **ema))
     finally:
         torch.set_num_threads(threads)
@@ -258,8 +261,8 @@ def test_no_trial_of_tune_or_a_sweep_reads_the_test_split_only_tunes_final_scori
     """Every load of the data, wherever it happens (train, evaluate, the checks, the range test), hands out a
     spied test split. tune (the checks, a 2-rate sweep, the template trial) reads it once, image by image, in
     its final scoring; sweep lr, sweep grid and sweep range never."""
-    from vitdist import sweep
-    from vitdist import tune as tune_mod
+    from vitdist.checklist import sweep
+    from vitdist.checklist import tune as tune_mod
 
     reads, built = [], []
     real_load = data_mod.load_data
@@ -272,7 +275,7 @@ def test_no_trial_of_tune_or_a_sweep_reads_the_test_split_only_tunes_final_scori
         return bundle
 
     monkeypatch.setattr(data_mod, "load_data", spied_load)
-    monkeypatch.setattr(train_mod, "load_data", spied_load)
+    monkeypatch.setattr(run_mod, "load_data", spied_load)
     n_test = len(real_load(DataConfig(name="digits"), 32, 0).test)
 
     assert tune_mod.main([*FLAGS, "--tune-dir", str(tmp_path / "tune"), "--budget-trials", "3", "--sweep-epochs",

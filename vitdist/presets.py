@@ -8,21 +8,18 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from .config import BatchConfig, ConfigError, TrainConfig
+
 
 # The checklist's full template: embed 128, 4 layers, 4 heads, FFN 4 x embed, dropout 0.1, batch 128,
 # 100 epochs, AdamW lr 1e-3 / wd 1e-4, clip 1.0, label smoothing 0.1, 5 warmup epochs + cosine,
 # early stopping patience 15, RandomCrop(32, 4) + flip + Normalize(0.5, 0.5), on CIFAR-10.
 TINY = TrainConfig()
-
 SMALL = replace(TINY, model=replace(TINY.model, embed_dim=256, num_layers=6, num_heads=8,  # wider, deeper
                                     dim_feedforward=1024))
-
 BASE = replace(TINY, model=replace(TINY.model, embed_dim=512, num_layers=6, num_heads=8,  # the checklist's base
                                    dim_feedforward=2048))
-
 OVERFIT = replace(
     TINY,
     model=replace(TINY.model, dropout=0.0),  # nothing may stop memorising
@@ -38,7 +35,6 @@ OVERFIT = replace(
     checkpoint_every_epochs=200,  # one checkpoint, at the end
     run_dir="runs/overfit",
 )
-
 DEMO = replace(
     TINY,
     data=replace(TINY.data, name="digits",  # real handwritten digits shipped inside scikit-learn: no download
@@ -47,7 +43,6 @@ DEMO = replace(
     epochs=30,  # about a minute and a half on a 2-core CPU
     run_dir="runs/demo",
 )
-
 # Recipes: plain ViTs trained from scratch on CIFAR-10 whose results are worth aiming at. Patch 4 (64 tokens),
 # the source's width, depth and heads, and its augmentation and regularization as far as vitdist has them
 # (AutoAugment is not here: TrivialAugmentWide, its parameter-free successor, stands in). Early stopping is off:
@@ -65,7 +60,6 @@ VIT_LITE_7_4 = replace(
     early_stop_patience=0,
     run_dir="runs/vit-lite-7-4",
 )
-
 VIT_CIFAR_6M = replace(
     TINY,
     model=replace(TINY.model, patch_size=4,  # 64 tokens
@@ -77,7 +71,6 @@ VIT_CIFAR_6M = replace(
     early_stop_patience=0,
     run_dir="runs/vit-cifar-6m",
 )
-
 # What each recipe aims at and where that figure comes from; the third item is a run of ours that measured it
 # (the run's test accuracy and where it is recorded), None until one has.
 RECIPE_TARGETS: dict[str, tuple[str, str, "str | None"]] = {
@@ -88,7 +81,6 @@ RECIPE_TARGETS: dict[str, tuple[str, str, "str | None"]] = {
                      "github.com/omihub777/ViT-CIFAR (6.3M parameters, 200 epochs, AutoAugment, label smoothing)",
                      None),
 }
-
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "tiny": ("checklist base config: ViT 128/4/4/512, patch 8, CIFAR-10, 100 epochs", TINY),
     "small": ("ViT 256/6/8/1024 on CIFAR-10, otherwise tiny's recipe", SMALL),
@@ -133,27 +125,6 @@ def parse_with_preset(cls, argv: list[str] | None, prog: str, summary: str):
     return tyro.cli(cls, default=base if cls is TrainConfig else cls(train=base), args=rest, prog=prog,
                     description=f"{summary} --preset NAME picks the defaults shown below ({', '.join(PRESETS)}; "
                                 f"now: {known.preset}); each flag overrides one field.")
-
-
-def parse_train_config(argv: list[str] | None, prog: str = "vitdist train") -> TrainConfig:
-    """The preset and flags; or, with --resume and without --preset, the run's own config.json and the flags given
-    (`vitdist train --run-dir R --resume auto` alone continues R as it was). train() then refuses any flag that
-    changes what a resume may not."""
-    import tyro
-
-    from .runs import find_resume, planned_epochs, run_record
-
-    cfg = parse_with_preset(TrainConfig, argv, prog, "Train a ViT.")
-    args = sys.argv[1:] if argv is None else argv
-    if cfg.resume is None or any(a == "--preset" or a.startswith("--preset=") for a in args):
-        return cfg
-    record = run_record(find_resume(cfg.resume, Path(cfg.run_dir)))
-    if record is None:
-        return cfg
-    saved, extensions = record
-    # --extend-lr acts on the resume that gives it, never inherited from the record.
-    base = replace(saved, epochs=planned_epochs(saved, extensions), extend_lr=None)
-    return tyro.cli(TrainConfig, default=base, args=args, prog=prog)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,9 @@ from typing import Annotated, Optional
 
 import tyro
 
-from .config import TrainConfig, UserError, from_dict, to_dict
+from ..config import TrainConfig, UserError, from_dict, to_dict
 from .trials import is_main, say, sweep_folder, train_trial
+from .tune_record import log_decisions, plot_tune, tune_markdown
 
 NOISE_Z = 2.0  # a kept change beats the best by more than this many standard errors of the difference
 # Advice a fixed-length trial cannot take: a longer run (trials compare at the same epochs), the overfit check
@@ -120,7 +121,7 @@ class Tuner:
     def expected_minutes(self, cfg: TrainConfig) -> float:
         """A trial's likely length: the trials so far, in seconds per (FLOP of an image x epoch), scaled to cfg's
         model and epochs; a wider or deeper model costs what its FLOPs say."""
-        from .flops import train_flops_per_image
+        from ..flops import train_flops_per_image
 
         cost = lambda c: train_flops_per_image(c.model, 10) * c.epochs  # noqa: E731 - the class count barely moves it
         ran = [t.seconds / cost(from_dict(t.config)) for t in self.trials if t.seconds > 0]
@@ -214,7 +215,7 @@ def tune(args: TuneArgs) -> dict:
 def _tune(args: TuneArgs) -> dict:
     from .checks import run_checks
     from .diagnose import diagnose
-    from .runs import read_run
+    from ..train.record import read_run
     from .sweep import sweep_lr
 
     t = Tuner(args)
@@ -330,28 +331,10 @@ def keep_or_revert(t: Tuner, step: str, trial: Trial, best: Trial, cfg: TrainCon
     return best, best_cfg
 
 
-def log_decisions(record: dict, template: TrainConfig) -> None:
-    """The decisions as a W&B table, in a run of their own in the trials' group (offline: in the tune folder)."""
-    import wandb
-
-    columns = ["step", "change", "result", "why", "trial", "val_acc", "best_val_acc", "noise"]
-    table = wandb.Table(columns=columns, data=[[d["step"], d["what"], d["result"], d["why"], d.get("trial"),
-                                                d.get("val_acc"), d.get("best_val_acc"), d.get("noise")]
-                                               for d in record["decisions"]])
-    folder = Path(record["tune_dir"])
-    run = wandb.init(project=template.log.wandb_project, group=template.log.wandb_group,
-                     name=f"{folder.name}-decisions", job_type="tune", dir=str(folder),
-                     config={"summary": record.get("summary")})
-    run.log({"tune/decisions": table})
-    run.finish()
-    if wandb.run is None:  # finish() returns before the files are closed (train.close_trackers): wait for them
-        wandb.teardown()
-
-
 def score_test_once(run_dir: str) -> Optional[dict]:
     """The final run's best weights on the test split (vitdist eval), or None when the data has none."""
-    from .evaluate import EvalArgs, evaluate_run
-    from .runs import run_config
+    from ..after.evaluate import EvalArgs, evaluate_run
+    from ..train.record import run_config
 
     cfg = run_config(run_dir)
     try:
@@ -363,44 +346,15 @@ def score_test_once(run_dir: str) -> Optional[dict]:
 
 
 def changed_flags(template: TrainConfig, cfg: TrainConfig) -> str:
-    from .presets import as_flag, changed_fields
+    from ..presets import as_flag, changed_fields
 
     return " ".join(as_flag(k, new) for k, (_, new) in changed_fields(cfg, template).items()
                     if k not in ("run_dir", "resume"))
 
 
-def tune_markdown(record: dict) -> str:
-    lines = ["# vitdist tune", ""]
-    s = record.get("summary")
-    if s:
-        test = f"{s['test']['accuracy']:.4f}" if s.get("test") else "no test split"
-        lines += [f"Best: **{s['best_trial']}**, validation accuracy {s['best_val_acc']:.4f} against the template's "
-                  f"{s['template_val_acc']:.4f} ({s['gain']:+.4f}). Test accuracy of the final run, scored once: "
-                  f"{test}.", "", f"Flags over the template: `{s['best_flags'] or '(none)'}`", ""]
-    lines += [f"A change is kept when it beats the best so far by more than {record['noise_z']:g} binomial standard "
-              f"errors of the difference of two validation accuracies.", "", "## Decisions", "",
-              "| # | step | change | result | why |", "|---|---|---|---|---|"]
-    for i, d in enumerate(record["decisions"], 1):
-        lines.append(f"| {i} | {d['step']} | {d['what']} | {d['result']} | {d['why']} |")
-    lines += ["", "## Trials", "", "| trial | change | flags | best val acc | minutes |", "|---|---|---|---|---|"]
-    for tr in record["trials"]:
-        acc = f"{tr['best_val_acc']:.4f}" if tr["best_val_acc"] is not None else f"error: {tr['error']}"
-        lines.append(f"| {tr['name']} | {tr['what']} | `{tr['flags']}` | {acc} | {tr['seconds'] / 60:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_tune(record: dict, out: Path) -> Path:
-    """Best validation accuracy so far against the trial number, each trial's own as a dot."""
-    from .plots import plot_best_so_far
-
-    accs = [t["best_val_acc"] for t in record["trials"]]
-    return plot_best_so_far(accs, [t["name"] for t in record["trials"]], out,
-                            f"vitdist tune: best validation accuracy so far ({len(accs)} trials)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
-    from .presets import parse_with_preset
+    from ..console import exit_on_user_error
+    from ..presets import parse_with_preset
     from .trials import run_interruptible
 
     argv = sys.argv[1:] if argv is None else list(argv)

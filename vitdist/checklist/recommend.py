@@ -15,29 +15,14 @@ from typing import Optional
 
 import tyro
 
-from .config import BatchConfig, ModelConfig, TrainConfig, UserError
-
-# Batch size by GPU memory (GB): a starting guess only; `vitdist autobatch` measures the real fit.
-BATCH_BY_GPU_MEMORY_GB: list[tuple[float, tuple[int, int]]] = [
-    (16.0, (128, 256)),  # 16 GB and more
-    (8.0, (64, 128)),
-    (4.0, (32, 64)),
-]
-
-
-def batch_guess(memory_gb: float) -> tuple[int, int] | None:
-    """The checklist's (low, high) micro-batch for a GPU of this much memory; None below 4 GB."""
-    for at_least, batch in BATCH_BY_GPU_MEMORY_GB:
-        if memory_gb >= at_least:
-            return batch
-    return None
+from ..config import BatchConfig, ModelConfig, TrainConfig, UserError
+from ..scale.plan import BATCH_BY_GPU_MEMORY_GB, batch_guess
 
 
 # Data-set size bands: "small (< 10K)", "large (> 100K)", medium between (both bounds inclusive).
 SMALL_DATA_MAX = 10_000  # fewer training images than this: small
 LARGE_DATA_MIN = 100_000  # more than this: large
 OVERFIT_TEST_SIZE = 32  # the overfit test's 32 samples: a training set this small is that test
-
 # band -> (lr, weight decay, dropout), each a (low, high) range from the checklist's tables.
 BY_DATA_SIZE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
     "overfit test": ((5e-3, 1e-2), (0.0, 0.0), (0.0, 0.0)),
@@ -45,7 +30,6 @@ BY_DATA_SIZE: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[fl
     "medium": ((3e-4, 1e-3), (1e-4, 1e-3), (0.1, 0.3)),
     "large (> 100K)": ((1e-3, 5e-3), (1e-5, 1e-4), (0.0, 0.1)),
 }
-
 # The model table: type -> (ModelConfig fields, the checklist's own parameter count).
 MODEL_SIZES: dict[str, tuple[dict, str]] = {
     "tiny": (dict(embed_dim=128, num_layers=4, num_heads=4, dim_feedforward=512), "~200K"),
@@ -53,7 +37,6 @@ MODEL_SIZES: dict[str, tuple[dict, str]] = {
     "base": (dict(embed_dim=512, num_layers=6, num_heads=8, dim_feedforward=2048), "~10M"),
 }
 MODEL_TABLE_CLASSES = 10  # the counts are for CIFAR-10's head, on 32x32 input with patch 8 (16 tokens)
-
 BELOW_TABLE_MICRO_BATCH = 16  # under 4 GB the table stops; half its smallest entry is a cautious start
 
 
@@ -110,7 +93,7 @@ def plan_batch(memory_gb: float | None, global_batch: int) -> tuple[int | None, 
 def model_table() -> tuple[tuple[str, dict, int, str], ...]:
     """(type, fields, real parameter count, the checklist's count) per row of the model table (built once: base
     takes a moment to initialise)."""
-    from .model import VisionTransformer, count_parameters
+    from ..model import VisionTransformer, count_parameters
 
     rows = []
     for name, (fields, quoted) in MODEL_SIZES.items():
@@ -140,7 +123,7 @@ class RecommendArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
+    from ..console import exit_on_user_error
     from .diagnose import fmt
 
     with exit_on_user_error():

@@ -1,7 +1,7 @@
 """`vitdist autobatch`: the largest micro-batch that fits on this GPU, measured, beside an analytic estimate.
 
     vitdist autobatch --preset base --precision bf16 [--zero-stage 2] [--global-batch 1024] [train flags]
-    accelerate launch --config_file configs/zero2.yaml -m vitdist.autobatch --preset base   # every rank measures
+    accelerate launch --config_file configs/zero2.yaml -m vitdist.scale.autobatch --preset base   # every rank measures
 
 The measurement (memory.measure) runs real training steps (forward, backward, clipping, AdamW) of the config's
 model at its precision, growing the micro-batch by doubling until a step runs out of memory, then bisecting.
@@ -17,7 +17,6 @@ when a step still runs out of memory later.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -28,95 +27,12 @@ from typing import Annotated, Callable, Optional
 import torch
 import tyro
 
-from .config import DATASET_CLASSES, ConfigError, ModelConfig, TrainConfig, UserError
+from ..config import ConfigError, DATASET_CLASSES, ModelConfig, TrainConfig, UserError
+from ..precision import resolve_precision
 from .memory import GB, Measurement, all_ranks_min, estimate_memory, measure, print_estimate, vit_param_counts
-from .precision import resolve_precision
+from .plan import (CUDA_MAX_BATCH, DEFAULT_MAX_BATCH, SAFETY_MARGIN, check_micro_batch, per_rank_batch, plan_batches,
+                   search_cap, with_margin)
 
-# The probe's step is the training step without what a long run adds: Mixup/CutMix soft targets, allocator
-# fragmentation after thousands of steps, evaluation and checkpoint buffers, DDP/DeepSpeed buckets, other
-# processes on the GPU. 10% is headroom for these, chosen, not measured: raise --safety-margin if a long run
-# still runs out of memory (the trainer then halves the micro-batch: next_plan_after_oom).
-SAFETY_MARGIN = 0.10
-# The flash and memory-efficient attention kernels launch the batch on a CUDA grid axis: at most 65,535.
-CUDA_MAX_BATCH = 65535
-DEFAULT_MAX_BATCH = 32768
-
-
-# --- the micro-batch to use
-
-def with_margin(largest: int, margin: float = SAFETY_MARGIN) -> int:
-    """The micro-batch to use: the largest that ran, less the safety margin (at least 1 when anything ran)."""
-    return max(1, math.floor(largest * (1 - margin) + 1e-9)) if largest > 0 else 0
-
-
-def search_cap(per_rank_batch: int, margin: float = SAFETY_MARGIN) -> int:
-    """Search no further than needed: the smallest batch whose margin-reduced size is the whole per-rank batch."""
-    cap = math.ceil(per_rank_batch / (1 - margin))
-    while cap > 1 and with_margin(cap - 1, margin) >= per_rank_batch:
-        cap -= 1
-    while with_margin(cap, margin) < per_rank_batch:
-        cap += 1
-    return min(CUDA_MAX_BATCH, cap)
-
-
-# --- plans: micro-batch x accumulation x processes = global batch
-
-def largest_divisor_at_most(n: int, limit: int) -> int:
-    best = 1
-    for d in range(1, math.isqrt(n) + 1):
-        if n % d == 0:
-            for c in (d, n // d):
-                if best < c <= limit:
-                    best = c
-    return best
-
-
-def per_rank_batch(global_batch: int, world_size: int, flag: str = "--batch.global-batch-size") -> int:
-    if global_batch < world_size:
-        raise UserError(f"{flag} {global_batch} is smaller than {world_size} processes: each process needs at "
-                        f"least one sample per step; use {world_size} or more")
-    if global_batch % world_size:
-        raise UserError(f"{flag} {global_batch} is not divisible by {world_size} processes: use a multiple "
-                        f"of {world_size}")
-    return global_batch // world_size
-
-
-def check_micro_batch(global_batch: int, micro_batch: int, world_size: int,
-                      flag: str = "--batch.global-batch-size") -> None:
-    """A user-given micro-batch must tile the global batch over the processes."""
-    if global_batch < micro_batch * world_size:
-        raise UserError(f"{flag} {global_batch} is smaller than --batch.micro-batch-size {micro_batch} x "
-                        f"{world_size} processes = {micro_batch * world_size}: raise the global batch or lower "
-                        f"the micro-batch")
-    if global_batch % (micro_batch * world_size):
-        raise UserError(f"{flag} {global_batch} is not divisible by --batch.micro-batch-size {micro_batch} x "
-                        f"{world_size} processes: use a multiple of {micro_batch * world_size}")
-
-
-def plan_batches(global_batch: int, max_micro: int, world_size: int,
-                 flag: str = "--batch.global-batch-size") -> tuple[int, int]:
-    """(micro-batch, accumulation steps): the largest micro-batch <= max_micro that divides the per-rank batch."""
-    per_rank = per_rank_batch(global_batch, world_size, flag)
-    micro = largest_divisor_at_most(per_rank, max(1, max_micro))
-    return micro, per_rank // micro
-
-
-def next_plan_after_oom(micro: int, accum: int) -> tuple[int, int]:
-    """After a step ran out of memory: the largest divisor of the micro-batch up to half of it, and the
-    accumulation that keeps the global batch (a power of two halves; 12 -> 6; 9 -> 3; 7 -> 1).
-
-    The new micro-batch divides the old one, so each batch the loader already yields splits into whole
-    chunks (x.split(micro)) and the data order stays that of the run. Below 1: nothing left to try.
-    """
-    if micro <= 1:
-        raise UserError(f"out of memory at micro-batch 1 (x {accum} accumulation steps): nothing left to halve; "
-                        f"use --precision bf16, a smaller model (--model.embed-dim, --model.num-layers), or "
-                        f"ZeRO-3 with CPU offload (launch/deepspeed.sh 3-offload)")
-    smaller = largest_divisor_at_most(micro, micro // 2)
-    return smaller, accum * (micro // smaller)
-
-
-# --- the cache: ~/.cache/vitdist/autobatch.json, {key: measurement}
 
 def cache_path() -> Path:
     return Path(os.environ.get("VITDIST_CACHE") or "~/.cache/vitdist").expanduser() / "autobatch.json"
@@ -175,8 +91,6 @@ def measure_cached(cfg: TrainConfig, num_classes: int, device: torch.device, max
     return result
 
 
-# --- the trainer's hooks
-
 def resolve_micro_batch(cfg: TrainConfig, world_size: int, device, zero_stage: int = 0,
                         log: Callable[[str], None] = print) -> int:
     """--batch.auto: the micro-batch for this run, the same on every rank (every rank must call it).
@@ -221,8 +135,6 @@ def note_oom(cfg: TrainConfig, device, micro_batch: int, zero_stage: int = 0) ->
         write_cache(key, Measurement(micro_batch - 1, False, None, 0, 0.0))
 
 
-# --- the command
-
 @dataclass(frozen=True)
 class AutobatchArgs:
     train: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=TrainConfig)
@@ -265,7 +177,7 @@ class AutobatchArgs:
 
 
 def parse_args(argv: list[str] | None) -> AutobatchArgs:
-    from .presets import parse_with_preset
+    from ..presets import parse_with_preset
 
     return parse_with_preset(AutobatchArgs, argv, "vitdist autobatch",
                              "Measure the largest micro-batch that fits and plan accumulation.")
@@ -355,7 +267,7 @@ def run(args: AutobatchArgs) -> int:
         f"{cfg.precision}; ZeRO stage {stage}{' + CPU offload' if offload else ''}; {world} process(es)")
     planned = estimate_memory(m, k, cfg.precision, stage, world, offload, device.type)
 
-    from .recommend import BATCH_BY_GPU_MEMORY_GB, batch_guess
+    from .plan import BATCH_BY_GPU_MEMORY_GB, batch_guess
 
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
@@ -417,7 +329,7 @@ def available_memory() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
+    from ..console import exit_on_user_error
 
     with exit_on_user_error():
         return run(parse_args(argv))

@@ -12,7 +12,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugin, InitProcessGroupKwargs,
                                ProjectConfiguration, parse_flag_from_env)
 
-from .precision import mixed_precision
+from ..precision import mixed_precision
 
 
 def process_device() -> torch.device:

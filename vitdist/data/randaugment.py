@@ -15,6 +15,8 @@ pixels torchvision's own grid and grid_sample find once per image size (_build_t
 pass runs on the whole batch and torch.where keeps each sample's own result: running a pass on its samples only
 would need their count on the host (DESIGN rule 10). On the CPU, where host and device are one, the batch is
 sorted by pass and each pass runs on its own slice, which is what makes it fast there. Both give the same images.
+
+One idea, kept whole past 400 lines: torchvision's augmentation space run batched, op by op to the bit.
 """
 
 from __future__ import annotations

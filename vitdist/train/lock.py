@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import UserError
+from ..config import UserError
 
 LOCK_FILE = ".vitdist.lock"  # kept after the run (deleting it would race with a process about to lock it)
 

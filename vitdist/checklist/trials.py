@@ -11,8 +11,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import TrainConfig
-from .runs import read_jsonl
+from ..config import TrainConfig
+from ..train.record import read_jsonl
 
 
 def is_main() -> bool:
@@ -41,7 +41,8 @@ def train_trial(cfg: TrainConfig, resume: bool = False) -> tuple[dict | None, st
     Interrupted ends the sweep or tune (its command's main says how to continue). With `resume`, a trial whose
     folder holds this very trial's config continues from its last checkpoint (a finished one just reads its
     results back); any other folder (an earlier sweep's, another data set's) starts afresh."""
-    from .train import Diverged, train
+    from ..train.run import train
+    from ..train.step import Diverged
 
     trial = replace(cfg, overwrite=True, test_at_end=False, resume=None)
     if resume and same_trial(Path(cfg.run_dir), trial):
@@ -54,12 +55,12 @@ def train_trial(cfg: TrainConfig, resume: bool = False) -> tuple[dict | None, st
 
 def same_trial(run_dir: Path, cfg: TrainConfig) -> bool:
     """Whether run_dir's config.json is cfg's, but for what a resume may change."""
-    from .config import UserError
-    from .precision import resolve_precision
-    from .presets import changed_fields
-    from .processes import process_device
-    from .runs import read_config
-    from .train import RESUME_MAY_CHANGE
+    from ..config import UserError
+    from ..precision import resolve_precision
+    from ..presets import changed_fields
+    from ..train.processes import process_device
+    from ..train.record import read_config
+    from ..train.folder import RESUME_MAY_CHANGE
 
     if not (run_dir / "config.json").is_file():
         return False
@@ -87,8 +88,8 @@ def sweep_folder(folder: Path, flag: str, earlier: list[str], cfg: TrainConfig, 
     that holds a run. Call it once the arguments are validated: it is the first thing that writes."""
     import shutil
 
-    from .config import UserError
-    from .folder_lock import holding
+    from ..config import UserError
+    from ..train.lock import holding
 
     with holding(folder, flag):
         found = sorted({p for pattern in earlier for p in folder.glob(pattern)})
@@ -107,8 +108,8 @@ def run_interruptible(work, command: str, argv: list[str], then: str | None = No
     """work() with Ctrl-C and SIGTERM handled as `vitdist train` handles them: the trial in progress saves a
     checkpoint of its step, and the command ends with one line saying how to continue (exit 130 or 143).
     Returns work()'s exit code (0 for None)."""
-    from .stopping import STOP, Interrupted
-    from .train import stopped_line
+    from ..stopping import STOP, Interrupted
+    from ..train.command import stopped_line
 
     try:
         with STOP.installed(then):

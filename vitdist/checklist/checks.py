@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from .config import GRAD_NORM_RANGE, OptimConfig, TrainConfig
+from ..config import GRAD_NORM_RANGE, OptimConfig, TrainConfig
 
 # The checklist's numbers (CHECKLIST.md, "Before any training").
 OVERFIT_SAMPLES = 32
@@ -148,7 +148,7 @@ def check_overfit(make_model: ModelFactory, batches: Batches, max_steps: int = O
 
     Accuracy is read from each step's forward pass, before its update: "after k steps" means k updates.
     """
-    from .optim import build_optimizer
+    from ..optim import build_optimizer
 
     model = make_model().train()
     optimizer = build_optimizer(model, OptimConfig(lr=lr, weight_decay=0.0, warmup_epochs=0.0, min_lr=0.0))
@@ -243,8 +243,9 @@ def run_checks(cfg: TrainConfig, samples: int = OVERFIT_SAMPLES, max_steps: int 
     """Load `samples` stratified training images of cfg's data, then run the three checks on cfg's model."""
     from accelerate.utils import set_seed
 
-    from .data import BatchAugment, load_data
-    from .model import VisionTransformer
+    from ..data.augment import BatchAugment
+    from ..data.sources import load_data
+    from ..model import VisionTransformer
 
     t0 = time.perf_counter()
     # No augmentation or mixing: the checks see the samples themselves, normalized as training would.
@@ -278,9 +279,9 @@ def run_checks(cfg: TrainConfig, samples: int = OVERFIT_SAMPLES, max_steps: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
-    from .config import UserError
-    from .presets import parse_with_preset
+    from ..console import exit_on_user_error
+    from ..config import UserError
+    from ..presets import parse_with_preset
 
     argv = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():

@@ -15,22 +15,21 @@ from pathlib import Path
 from typing import Optional
 
 import matplotlib
+import tyro
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from ..config import GRAD_NORM_RANGE, UserError
+from ..train.record import Run, read_run
+from ..train.scores import DPI
+
 
 matplotlib.use("Agg")  # before pyplot is ever imported: no display needed, and none is opened
-
-import tyro  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
-
-from .config import GRAD_NORM_RANGE, UserError  # noqa: E402
-from .runs import Run, read_run  # noqa: E402
-
 COLORS = [f"C{i}" for i in range(10)]  # matplotlib's tab10 cycle: one color per run
 STYLES = {"train": "-", "train clean": ":", "val": "--"}  # one line style per split, the same on every panel
 LOG_SCALE_RATIO = 10.0  # a panel turns log-scale when its largest value is this many times its smallest
-DPI = 110
 
 
 def _column(rows: list[dict], key: str) -> list[float]:
@@ -116,39 +115,6 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
                             for n, c in zip(_run_labels(runs), COLORS * len(runs))],
                    loc="outside lower center", ncols=min(len(runs), 5), fontsize=9)
     fig.suptitle(title or (_run_labels(runs)[0] if len(runs) == 1 else f"{len(runs)} runs"), fontsize=12)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    return out
-
-
-def plot_confusion(matrix: list[list[int]], classes: list[str], out: str | Path, title: str) -> Path:
-    """The confusion matrix with each true class's row normalized to 1 (so rare classes read like common ones),
-    class names on both axes; cell values printed up to 20 classes, and the figure grows with the class count so
-    that 100 names stay legible."""
-    import numpy as np
-
-    m = np.asarray(matrix, dtype=float)
-    rows = m.sum(1, keepdims=True)
-    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    n = len(classes)
-    side = min(max(6.0, 0.22 * n + 3), 30.0)
-    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
-    font = 9 if n <= 20 else 6  # a cell is 0.22 in wide from 20 classes on: 6 pt names fit it
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=font)
-    ax.set_yticks(range(n), classes, fontsize=font)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if share[i, j] >= 0.005:
-                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if share[i, j] > 0.5 else "black")
-    ax.set_title(title, fontsize=10)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
@@ -269,7 +235,7 @@ class PlotArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
+    from ..console import exit_on_user_error
 
     with exit_on_user_error():
         args = tyro.cli(PlotArgs, args=argv, prog="vitdist plot",

@@ -24,16 +24,16 @@ import torch
 import tyro
 from torch.utils.data import DataLoader, Dataset
 
-from .config import UserError
-from .files import require_writable
-from .runs import load_run
+from ..config import UserError
+from ..files import require_writable
+from .load import load_run
 
 
 def image_files(inputs: list[str]) -> list[Path]:
     """Each input as given: a file stays itself (whatever its name), a folder becomes its image files (by
     extension, every format Pillow opens, as training takes them: data.is_image_file; recursively, sorted by
     path)."""
-    from .data import is_image_file
+    from ..data.images import is_image_file
 
     files = []
     for name in inputs:
@@ -161,7 +161,7 @@ def write_predictions(rows: list[dict], out: Path, k: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
+    from ..console import exit_on_user_error
 
     with exit_on_user_error():
         args = tyro.cli(PredictArgs, args=argv, prog="vitdist predict",

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from .config import TrainConfig, UserError
+from ..config import TrainConfig, UserError
 from .trials import is_main, read_trial_log, say, sweep_folder, train_trial
 
 
@@ -179,7 +179,7 @@ def _print_grid_table(grid: dict, ranked: list[dict]) -> None:
         print(f"{r['rank']:>4} {r['trial']:>5} {cells} {tail}")
     best = ranked[0]
     if best["best_val_acc"] is not None:
-        from .presets import as_flag
+        from ..presets import as_flag
 
         flags = " ".join(as_flag(k, v) for k, v in best["overrides"].items())
         print(f"best: trial {best['trial']} ({best['best_val_acc']:.4f}); its flags: {flags}")

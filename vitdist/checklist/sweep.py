@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from .config import TrainConfig, UserError
+from ..config import TrainConfig, UserError
 from .trials import finite, is_main, read_trial_log, say, smooth, sweep_folder, train_trial
 
 # --- verdict thresholds for one loss curve (per optimizer step), all relative to the curve's start
@@ -260,10 +260,10 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import exit_on_user_error
+    from ..console import exit_on_user_error
     from .grid import GridArgs, sweep_grid
     from .lr_range import RangeArgs, range_test
-    from .presets import parse_with_preset
+    from ..presets import parse_with_preset
     from .trials import run_interruptible
 
     argv = sys.argv[1:] if argv is None else list(argv)

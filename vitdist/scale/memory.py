@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig
 
 # Bucket sizes (elements) of configs/ds_zero*.json: DeepSpeed keeps buffers of this size on the GPU.
 DEEPSPEED_BUCKET_ELEMENTS = 50_000_000
@@ -228,8 +228,8 @@ class StepProbe:
     """try_batch for the search: one real training step at batch b; records each batch's peak memory."""
 
     def __init__(self, cfg: TrainConfig, num_classes: int, device: torch.device):
-        from .model import VisionTransformer
-        from .optim import build_optimizer
+        from ..model import VisionTransformer
+        from ..optim import build_optimizer
 
         self.cfg, self.num_classes, self.device = cfg, num_classes, device
         self.model = VisionTransformer.from_config(cfg.model, num_classes).to(device).train()

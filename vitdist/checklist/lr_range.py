@@ -16,9 +16,9 @@ from typing import Annotated
 
 import tyro
 
-from .config import TrainConfig, UserError
+from ..config import TrainConfig, UserError
 from .plots import plot_range
-from .stopping import STOP
+from ..stopping import STOP
 from .trials import finite, is_main, smooth, sweep_folder
 
 RANGE_SMOOTH_SPAN = 0.05
@@ -64,12 +64,15 @@ def _range_test(cfg: TrainConfig, start_lr: float, end_lr: float, num_steps: int
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from .data import BatchAugment, load_data, loader_workers, train_loader
-    from .model import VisionTransformer
-    from .optim import build_optimizer
-    from .precision import resolve_precision
-    from .processes import make_accelerator, process_device
-    from .train import batch_plan, optimizer_step
+    from ..data.augment import BatchAugment
+    from ..data.batches import loader_workers, train_loader
+    from ..data.sources import load_data
+    from ..model import VisionTransformer
+    from ..optim import build_optimizer
+    from ..precision import resolve_precision
+    from ..train.processes import make_accelerator, process_device
+    from ..train.run import batch_plan
+    from ..train.step import optimizer_step
 
     # The trainer's own set-up and optimizer step (vitdist.train.optimizer_step), with a rate of our own.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
