@@ -7,7 +7,8 @@ left alone, so a --compile run compiles the real one). "sigint", "sigterm" and "
 signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient second Ctrl-C would. Under an
 elastic launcher (--max_restarts), only the first attempt fails. "late-record" has rank FAIL_RANK
 write results.json a second late, and every rank read it once train() returns. "slow-decode" makes every image
-take 30 ms to decode (nothing fails: a signal is sent from outside). FAIL_MAIN names another command's module
+take 30 ms to decode (nothing fails: a signal is sent from outside). "late-start" has rank FAIL_RANK start
+FAIL_STEP seconds after the others, as a slow node would (nothing fails). FAIL_MAIN names another command's module
 (vitdist.checklist.sweep, vitdist.checklist.tune): its trials' steps count as one sequence, so a signal lands
 inside a chosen trial."""
 
@@ -59,7 +60,10 @@ def optimizer_step(*args, **kwargs):
 if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and rank == 1:
     time.sleep(float(os.environ.get("RESTARTED_RANK_1_LATE", "0")))
 
-if fail_with in SIGNALS:
+if fail_with == "late-start":
+    if here:
+        time.sleep(fail_step)
+elif fail_with in SIGNALS:
     epoch_mod.optimizer_step = step_mod.optimizer_step = optimizer_step  # the run's, and lr_range's
 elif fail_with == "late-record":  # rank FAIL_RANK writes results.json a second late; every rank, once train()
     # returns, must find it whole (a tune's or sweep's next step reads it on every rank)

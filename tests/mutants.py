@@ -583,6 +583,10 @@ MUTANTS = [
            "        return finish(run, parts, state, stopped_early)",
            "        return finish(run, parts, state, stopped_early)" + "\n        pass" * 40,
            ("tests/test_imports.py::test_rooms_stay_small_and_train_reads_on_one_screen",)),
+    Mutant("tune-folder-judged-on-every-rank", "a 2-process tune: rank 1 starting late is no earlier tune",
+           "vitdist/checklist/trials.py", "for p in folder.glob(pattern)}) if is_main() else []",
+           "for p in folder.glob(pattern)})",
+           ("tests/test_tune.py::test_two_processes_run_each_trial_together",)),
 ]
 
 

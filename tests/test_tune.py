@@ -194,12 +194,15 @@ def test_expected_minutes_scale_with_the_models_flops(tmp_path):
 
 def test_two_processes_run_each_trial_together(tmp_path):
     """Under accelerate launch with 2 gloo processes: every trial is one 2-process run (DDP in its header), rank 0
-    alone writes the records, and both ranks end together."""
-    from test_distributed import TINY_FLAGS, accelerate_launch
+    alone writes the records, and both ranks end together. Rank 1 starts 3 s late, as a slow node would: by then
+    rank 0 has begun writing the tune folder, which rank 1 must not take for an earlier tune's."""
+    from test_distributed import REPO, TINY_FLAGS, accelerate_launch
 
-    proc = accelerate_launch("-m", "vitdist.checklist.tune", *TINY_FLAGS, "--epochs", "1", "--model.num-layers", "1",
-                             "--optim.warmup-epochs", "0.2", "--tune-dir", tmp_path / "t", "--budget-trials", "3",
-                             "--sweep-epochs", "1", "--lrs", "1e-3", num_processes=2, timeout=600)
+    proc = accelerate_launch(REPO / "tests" / "fail_on_rank.py", *TINY_FLAGS, "--epochs", "1",
+                             "--model.num-layers", "1", "--optim.warmup-epochs", "0.2", "--tune-dir", tmp_path / "t",
+                             "--budget-trials", "3", "--sweep-epochs", "1", "--lrs", "1e-3", num_processes=2,
+                             timeout=600, env_extra={"FAIL_MAIN": "vitdist.checklist.tune", "FAIL_RANK": "1",
+                                                     "FAIL_STEP": "3", "FAIL_WITH": "late-start"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert len(record["trials"]) == 2 and record["summary"]["best_val_acc"] is not None

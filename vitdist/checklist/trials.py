@@ -92,15 +92,16 @@ def sweep_folder(folder: Path, flag: str, earlier: list[str], cfg: TrainConfig, 
     from ..train.lock import holding
 
     with holding(folder, flag):
-        found = sorted({p for pattern in earlier for p in folder.glob(pattern)})
+        # Rank 0 alone judges (and clears) the folder: a rank that starts later would find what rank 0 has begun
+        # writing and take it for an earlier sweep's. Where rank 0 refuses, it exits, and the launcher ends the rest.
+        found = sorted({p for pattern in earlier for p in folder.glob(pattern)}) if is_main() else []
         if found and cfg.resume is None:
             if not cfg.overwrite:
                 names = ", ".join(p.name for p in found[:4]) + (" ..." if len(found) > 4 else "")
                 raise UserError(f"{flag} {folder} holds an earlier {what} ({names}): continue it with --resume auto, "
                                 f"start afresh with --overwrite (deleting those), or pick another {flag}")
-            if is_main():
-                for path in found:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for path in found:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         yield
 
 
