@@ -13,6 +13,7 @@ from vitdist.checklist import lr_range
 from vitdist.checklist import sweep
 from vitdist.checklist.grid import apply_overrides, parse_grid
 from vitdist.checklist.sweep import lr_curve_verdict, main
+from vitdist.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -288,3 +289,20 @@ def test_sweep_lr_under_accelerate_launch_two_processes(tmp_path):
     for r in report["runs"]:
         assert len(r["curve"]) == 8 and r["final_val_loss"] is not None  # one epoch of 8 global batches of 32
     assert (tmp_path / "sweep.png").exists()
+
+
+@pytest.mark.parametrize("mode", ["lr", "grid"])
+def test_sweeps_short_trial_default_is_what_help_shows_and_what_runs(tmp_path, capsys, mode):
+    """`sweep lr` and `sweep grid` without --epochs run 5-epoch trials, not the preset's 100, and --help says 5."""
+    with pytest.raises(SystemExit):
+        main([mode, "--help"])
+    shown = capsys.readouterr().out
+    epochs_help = shown[shown.index("--epochs INT"):][:400]
+    assert "(default: 5)" in epochs_help, epochs_help
+    assert get_preset("tiny").epochs == 100  # the preset's own: what a sweep must not run
+    chosen = ["--lrs", "1e-3"] if mode == "lr" else ["--set", "optim.lr=1e-3"]
+    assert main([mode, *TINY_FLAGS, *chosen, "--sweep-dir", str(tmp_path)]) == 0
+    assert f"sweep {mode}: 5 epochs a" in capsys.readouterr().out
+    [trial] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((trial / "config.json").read_text())["epochs"] == 5
+    assert len((trial / "metrics.jsonl").read_text().splitlines()) == 5

@@ -111,9 +111,11 @@ def changed_fields(cfg: TrainConfig, base: TrainConfig = TINY, prefix: str = "")
     return out
 
 
-def parse_with_preset(cls, argv: list[str] | None, prog: str, summary: str):
+def parse_with_preset(cls, argv: list[str] | None, prog: str, summary: str, **command_defaults):
     """tyro.cli(cls) where `--preset NAME` (default tiny) picks the defaults and every other flag overrides one
-    field. cls is TrainConfig itself, or a command's arguments dataclass whose `train` field holds one."""
+    field. cls is TrainConfig itself, or a command's arguments dataclass whose `train` field holds one.
+    `command_defaults` replace the preset's own for this command (a sweep's short trials: epochs=5), so that
+    --help shows what the command runs."""
     import argparse
 
     import tyro
@@ -121,7 +123,7 @@ def parse_with_preset(cls, argv: list[str] | None, prog: str, summary: str):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="tiny")
     known, rest = pre.parse_known_args(argv)
-    base = get_preset(known.preset)
+    base = dataclasses.replace(get_preset(known.preset), **command_defaults)
     return tyro.cli(cls, default=base if cls is TrainConfig else cls(train=base), args=rest, prog=prog,
                     description=f"{summary} --preset NAME picks the defaults shown below ({', '.join(PRESETS)}; "
                                 f"now: {known.preset}); each flag overrides one field.")

@@ -51,7 +51,7 @@ and 5e-3 spike, then level off well above 1e-3's curve), and a larger one would 
 # A diverged curve has a non-finite loss, or ends (smoothed) above its start by more than the rise tolerance.
 
 DEFAULT_LRS = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)  # the checklist's step 1
-SWEEP_EPOCHS = 5  # `sweep lr` without --epochs: enough steps to read each curve
+SWEEP_EPOCHS = 5  # `sweep lr` and `sweep grid` without --epochs: enough steps to read each curve, rank each trial
 
 # ============================================================================ verdicts
 
@@ -275,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         if mode not in COMMANDS:
             raise UserError(f"sweep mode {mode!r} is unknown: choose one of {', '.join(COMMANDS)}")
         cls = {"lr": LrSweepArgs, "range": RangeArgs, "grid": GridArgs}[mode]
-        args = parse_with_preset(cls, rest, f"vitdist sweep {mode}", f"{COMMANDS[mode]}.")
-        if mode == "lr" and not any(a == "--epochs" or a.startswith("--epochs=") for a in rest):
-            # A curve to read, not a model to keep: a few epochs a rate, not the preset's 100.
-            args = replace(args, train=replace(args.train, epochs=SWEEP_EPOCHS))
-            say(f"sweep lr: {SWEEP_EPOCHS} epochs a rate (the default here; --epochs N for more)")
+        # A curve to read or trials to rank, not a model to keep: a few epochs a trial, not the preset's 100
+        # (--help shows it as --epochs' default).
+        short = {"epochs": SWEEP_EPOCHS} if mode in ("lr", "grid") else {}
+        args = parse_with_preset(cls, rest, f"vitdist sweep {mode}", f"{COMMANDS[mode]}.", **short)
+        if short and not any(a == "--epochs" or a.startswith("--epochs=") for a in rest):
+            say(f"sweep {mode}: {SWEEP_EPOCHS} epochs a {'rate' if mode == 'lr' else 'trial'} (the default here; "
+                f"--epochs N for more)")
 
         def work():
             if mode == "lr":
