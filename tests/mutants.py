@@ -587,6 +587,13 @@ MUTANTS = [
            "vitdist/checklist/trials.py", "for p in folder.glob(pattern)}) if is_main() else []",
            "for p in folder.glob(pattern)})",
            ("tests/test_tune.py::test_two_processes_run_each_trial_together",)),
+    Mutant("grid-runs-the-presets-epochs", "sweeps run short trials, as --help says", "vitdist/checklist/sweep.py",
+           'short = {"epochs": SWEEP_EPOCHS} if mode in ("lr", "grid") else {}',
+           'short = {"epochs": SWEEP_EPOCHS} if mode == "lr" else {}',
+           ("tests/test_sweep.py::test_sweeps_short_trial_default_is_what_help_shows_and_what_runs",)),
+    Mutant("short-curves-judged", "a curve too short for a verdict says so", "vitdist/checklist/sweep.py",
+           "    if n < MIN_JUDGE_STEPS:\n", "    if False:\n",
+           ("tests/test_sweep.py::test_curves_too_short_to_judge_get_that_verdict_and_the_best_measured_rate_is_suggested",)),
 ]
 
 

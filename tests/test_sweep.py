@@ -158,7 +158,8 @@ def test_sweep_lr_end_to_end(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(train_mod, "train", train_nan_at_high_lr)
     out_dir = tmp_path / "sweep"
-    assert main(["lr", *TINY_FLAGS, "--epochs", "3", "--lrs", "5", "1e-2", "1e-5", "--sweep-dir", str(out_dir)]) == 0
+    # 7 epochs of 8 steps: 56 steps a curve, enough for a verdict (sweep.MIN_JUDGE_STEPS)
+    assert main(["lr", *TINY_FLAGS, "--epochs", "7", "--lrs", "5", "1e-2", "1e-5", "--sweep-dir", str(out_dir)]) == 0
     out = capsys.readouterr().out
     report = json.loads((out_dir / "sweep.json").read_text())
     verdicts = {r["lr"]: r["verdict"] for r in report["runs"]}
@@ -175,7 +176,7 @@ def test_sweep_lr_end_to_end(tmp_path, capsys, monkeypatch):
     assert len(firsts) == 1, firsts
     # constant rate by default: each run's logged lr is its own, at every step
     steps = [json.loads(line) for line in open(out_dir / "lr_0.01" / "steps.jsonl")]
-    assert len(steps) == 24 and {s["lr"] for s in steps} == {0.01}
+    assert len(steps) == 56 and {s["lr"] for s in steps} == {0.01}
 
 
 def test_sweep_range_end_to_end(tmp_path, capsys):
@@ -306,3 +307,22 @@ def test_sweeps_short_trial_default_is_what_help_shows_and_what_runs(tmp_path, c
     [trial] = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert json.loads((trial / "config.json").read_text())["epochs"] == 5
     assert len((trial / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+def test_curves_too_short_to_judge_get_that_verdict_and_the_best_measured_rate_is_suggested():
+    """The recorded CIFAR-10 sweep cut to its first 7, 20 and 40 steps (issue 19 saw 7-40 step curves judged too
+    slow or too large, and a suggestion pointing away from the rate with the lowest validation loss)."""
+    recorded = json.loads((Path(__file__).parent / "data" / "lr_sweep_cifar10_tiny.json").read_text())
+    for n in (7, 20, 40, sweep.MIN_JUDGE_STEPS - 1):
+        runs = [{"lr": r["lr"], "error": None, "final_val_loss": r["final_val_loss"],
+                 "curve": list(enumerate(r["losses"][:n], 1))} for r in recorded["runs"]]
+        sweep.judge_runs(runs)
+        assert {r["verdict"] for r in runs} == {"too short"}, n
+        assert all(f"too short to judge: {n} steps" in sweep.describe(r["numbers"]) for r in runs)
+        lr, advice = sweep.recommend_lr(runs)
+        lowest = min(recorded["runs"], key=lambda r: r["final_val_loss"])["lr"]
+        assert lr == lowest == 5e-4 and f"--optim.lr {lowest:g}" in advice and "too short" in advice, advice
+    # a NaN is a verdict at any length
+    assert lr_curve_verdict([2.3, 2.2, math.nan])[0] == "diverged"
+    # at MIN_JUDGE_STEPS a curve is judged again
+    assert lr_curve_verdict(recorded["runs"][2]["losses"][:sweep.MIN_JUDGE_STEPS])[0] != "too short"

@@ -49,6 +49,10 @@ TOO_LARGE_MARGIN = 0.05
 further by more than this fraction of the start: the rate stalls high (on CIFAR-10, tiny ViT, constant lr 1e-2
 and 5e-3 spike, then level off well above 1e-3's curve), and a larger one would not help."""
 # A diverged curve has a non-finite loss, or ends (smoothed) above its start by more than the rise tolerance.
+MIN_JUDGE_STEPS = 50
+"""Fewer steps than this, and a curve gets no verdict but "too short" (a non-finite loss is still "diverged"):
+the smoothing alone remembers ~10 steps, and the rise share and drop of a 7-40 step curve read every rate as too
+slow or too large (issue 19). The sweep's suggestion then follows the lowest measured validation loss."""
 
 DEFAULT_LRS = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)  # the checklist's step 1
 SWEEP_EPOCHS = 5  # `sweep lr` and `sweep grid` without --epochs: enough steps to read each curve, rank each trial
@@ -58,8 +62,8 @@ SWEEP_EPOCHS = 5  # `sweep lr` and `sweep grid` without --epochs: enough steps t
 
 def lr_curve_verdict(losses: list[float], best_drop: float | None = None,
                      smaller_rate_drop: float | None = None) -> tuple[str, dict]:
-    """('diverged' | 'oscillating' | 'too large' | 'too slow' | 'healthy', the numbers behind it) for one
-    per-step loss curve.
+    """('diverged' | 'oscillating' | 'too large' | 'too slow' | 'healthy' | 'too short', the numbers behind it) for
+    one per-step loss curve (too short: under MIN_JUDGE_STEPS steps, and no non-finite loss).
 
     best_drop: the largest relative drop of any curve in the same sweep; when given, a curve that fell by less
     than SLOW_RELATIVE_DROP of it is too slow as well. smaller_rate_drop: the largest drop of the sweep's smaller
@@ -72,7 +76,7 @@ def lr_curve_verdict(losses: list[float], best_drop: float | None = None,
     if bad is not None:
         return "diverged", {**numbers, "non_finite_at_step": bad + 1}
     if n < 2:
-        return "too slow", {**numbers, "note": "fewer than 2 steps: nothing to judge"}
+        return "too short", {**numbers, "note": f"too short to judge: {n} step{'s' * (n != 1)}"}
     start = losses[0]  # the initial weights' loss: every later step has been moved by the rate under test
     smoothed = smooth(losses, EMA_BETA, start=start)
     final, lowest = smoothed[-1], min(smoothed)
@@ -89,6 +93,8 @@ def lr_curve_verdict(losses: list[float], best_drop: float | None = None,
     drop = (start - final) / start if start > 0 else 0.0
     numbers.update(start_loss=start, final_loss=final, min_loss=lowest, drop=drop, rise_share=rises / n,
                    rise_tolerance=tolerance, noise=noise)
+    if n < MIN_JUDGE_STEPS:
+        return "too short", {**numbers, "note": f"too short to judge: {n} steps (a verdict needs {MIN_JUDGE_STEPS})"}
     if final > start * (1 + tolerance):
         return "diverged", numbers
     if rises / n > OSCILLATING_SHARE:
@@ -112,6 +118,8 @@ def describe(numbers: dict) -> str:
     text = (f"loss {numbers['start_loss']:.4g} -> {numbers['final_loss']:.4g} (smoothed; {change}), "
             f"min {numbers['min_loss']:.4g}; {numbers['rise_share']:.0%} of {numbers['steps']} steps rise more than "
             f"{numbers['rise_tolerance']:.0%} above the running min")
+    if "note" in numbers:  # too short: the numbers are shown, not judged
+        text = f"{numbers['note']}; {text}"
     if "smaller_rate_drop" in numbers:
         text += f"; a smaller rate fell {numbers['smaller_rate_drop']:.0%}"
     return text
@@ -204,6 +212,13 @@ def recommend_lr(runs: list[dict]) -> tuple[float | None, str]:
         return best["lr"], (f"lr {best['lr']:g}: healthy with the lowest final validation loss "
                             f"({best['final_val_loss']:.4f}); train with --optim.lr {best['lr']:g} (warmup + cosine "
                             f"are on by default)")
+    short = [r for r in runs if r["verdict"] == "too short" and r["final_val_loss"] is not None]
+    if short:  # no verdict to go by: the rate that measured best
+        best = min(short, key=lambda r: r["final_val_loss"])
+        return best["lr"], (f"lr {best['lr']:g}: the lowest final validation loss ({best['final_val_loss']:.4f}); "
+                            f"the curves are too short to judge ({best['numbers'].get('steps')} steps, a verdict "
+                            f"needs {MIN_JUDGE_STEPS}): train with --optim.lr {best['lr']:g}, or sweep longer "
+                            f"(more --epochs or data) for verdicts")
     unstable = sorted(r["lr"] for r in runs if r["verdict"] in ("diverged", "oscillating", "too large"))
     slow = sorted(r["lr"] for r in runs if r["verdict"] == "too slow")
     if not slow:
@@ -225,7 +240,8 @@ def recommend_lr(runs: list[dict]) -> tuple[float | None, str]:
 
 def thresholds() -> dict:
     return {"ema_beta": EMA_BETA, "rise_tolerance": RISE_TOLERANCE, "rise_noise_sigmas": RISE_NOISE_SIGMAS,
-            "oscillating_share": OSCILLATING_SHARE, "slow_drop": SLOW_DROP, "slow_relative_drop": SLOW_RELATIVE_DROP}
+            "oscillating_share": OSCILLATING_SHARE, "slow_drop": SLOW_DROP, "slow_relative_drop": SLOW_RELATIVE_DROP,
+            "min_judge_steps": MIN_JUDGE_STEPS}
 
 
 def _print_lr_table(runs: list[dict], recommended: float | None, advice: str) -> None:
