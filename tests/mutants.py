@@ -221,7 +221,7 @@ MUTANTS = [
            "parts.ema.update(parts.averaged, step=state.step)",
            "parts.ema.update(parts.averaged, step=state.step + 1)",
            ("tests/test_ema.py::test_the_average_is_the_reference_ema_of_the_weights_each_step_left",)),
-    Mutant("tune-keeps-noise", "tune keeps only what beats the noise", "vitdist/checklist/tune.py",
+    Mutant("tune-keeps-noise", "tune keeps only what beats the noise", "vitdist/checklist/tune_rule.py",
            "    if gain > margin:\n", "    if gain > 0:\n",
            ("tests/test_tune.py::test_a_change_that_helps_is_kept_and_one_that_hurts_or_is_noise_is_reverted",)),
     Mutant("tune-resume-reruns-trials", "a resumed tune reruns nothing finished", "vitdist/checklist/tune.py",
@@ -594,6 +594,19 @@ MUTANTS = [
     Mutant("short-curves-judged", "a curve too short for a verdict says so", "vitdist/checklist/sweep.py",
            "    if n < MIN_JUDGE_STEPS:\n", "    if False:\n",
            ("tests/test_sweep.py::test_curves_too_short_to_judge_get_that_verdict_and_the_best_measured_rate_is_suggested",)),
+    Mutant("tune-budget-plan-unchecked", "a budget too small for the plan is refused at start",
+           "vitdist/checklist/tune.py", "    if args.budget_trials < plan:\n", "    if False:\n",
+           ("tests/test_tune.py::test_a_budget_too_small_for_the_plan_is_refused_at_start",)),
+    Mutant("tune-warmup-fixed-only-in-the-baseline", "a schedule spent warming up is fixed before comparing",
+           "vitdist/checklist/tune.py", "    template = fix_schedule(t, template)\n", "",
+           ("tests/test_tune.py::test_a_warmup_spanning_most_of_a_trial_is_fixed_before_anything_is_compared",)),
+    Mutant("tune-time-budget-after-the-template", "the time budget covers the check and the sweep",
+           "vitdist/checklist/tune.py", "    if swept_now and not template_fits(t, template):",
+           "    if False:", ("tests/test_tune.py::test_a_time_budget_spent_by_the_sweep_stops_before_the_template",)),
+    Mutant("tune-resolution-at-any-accuracy", "what the validation split resolves is said first",
+           "vitdist/checklist/tune_rule.py", "    band = noise(ref.best_val_acc, ref.best_val_acc, ref.num_val)",
+           "    band = noise(0.9, 0.9, ref.num_val)",
+           ("tests/test_tune.py::test_a_validation_split_too_small_to_resolve_a_change_is_said_before_comparing",)),
 ]
 
 

@@ -78,6 +78,7 @@ def test_a_change_that_helps_is_kept_and_one_that_hurts_or_is_noise_is_reverted(
     assert got == [
         ("check", "shape, gradient and overfit checks", "PASS"),
         ("sweep lr", "3 rates, 2 epoch(s) each", "lr 0.005"),
+        ("resolution", "1000 validation images", "noted"),  # said before anything is compared
         ("baseline", "baseline: lr 0.005", "kept"),  # 0.60 vs the template's 0.50
         ("diagnose: severe overfitting", "more dropout: 0.1 -> 0.2", "reverted"),  # 0.55: hurts
         ("diagnose: severe overfitting", "more weight decay", "kept"),  # 0.70
@@ -88,8 +89,8 @@ def test_a_change_that_helps_is_kept_and_one_that_hurts_or_is_noise_is_reverted(
     assert summary["best_trial"] == "trial_003" and summary["best_val_acc"] == pytest.approx(0.70)
     assert summary["template_val_acc"] == pytest.approx(0.50)
     assert summary["best_flags"] == "--optim.lr 0.005 --optim.weight-decay 0.001"
-    noise = record["decisions"][5]["noise"]
-    assert 0.01 < noise < 0.05 and record["decisions"][5]["gain"] == pytest.approx(0.01)
+    noise = record["decisions"][6]["noise"]
+    assert 0.01 < noise < 0.05 and record["decisions"][6]["gain"] == pytest.approx(0.01)
     assert len(planted) == 5  # template, baseline, three changes
     md = (tmp_path / "tune" / "tune.md").read_text()
     assert "| kept | val 0.7000 vs 0.6000: +0.1000 > noise" in md and "trial_003" in md
@@ -101,6 +102,8 @@ def test_the_trial_budget_stops_the_loop(tmp_path, planted):
     record = json.loads((tmp_path / "tune" / "tune.json").read_text())
     assert [t["name"] for t in record["trials"]] == ["trial_000", "trial_001", "trial_002"]
     assert record["decisions"][-2]["result"] == "stop" and "trial budget" in record["decisions"][-2]["why"]
+    # every training counts, and the record says so: the sweep's 3 rates and the 3 trials
+    assert record["decisions"][-2]["what"] == "6 trainings (3 sweep rates, 3 trials)"
 
 
 def test_resume_reads_finished_trials_back(tmp_path, planted, monkeypatch):
@@ -208,3 +211,67 @@ def test_two_processes_run_each_trial_together(tmp_path):
     assert len(record["trials"]) == 2 and record["summary"]["best_val_acc"] is not None
     assert proc.stdout.count("; DDP;") == 1 + 2  # the sweep's rate and the two trials, each said once (rank 0)
     assert proc.stdout.count("tune: final:") == 1
+
+
+# --- issue 19, also seen: the budget counts every training; the schedule and the resolution come first
+
+@pytest.mark.parametrize("flags, said", [
+    (["--budget-trials", "3"], "--budget-trials 3 does not cover the tune's plan: the sweep's 3 rates and the "
+                               "template are 4 trainings before any change is tried: give --budget-trials 4 or more"),
+    (["--budget-minutes", "-1"], "--budget-minutes must be a number of minutes >= 0 (0: no time limit), got -1"),
+])
+def test_a_budget_too_small_for_the_plan_is_refused_at_start(tmp_path, planted, capsys, flags, said):
+    argv = ["--data.name", "synthetic", "--lrs", "1e-2", "5e-3", "1e-3", "--tune-dir", str(tmp_path / "t"), *flags]
+    with pytest.raises(SystemExit) as stop:
+        tune_mod.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert not planted and not (tmp_path / "t").exists()  # nothing trained, nothing written
+
+
+def test_a_warmup_spanning_most_of_a_trial_is_fixed_before_anything_is_compared(tmp_path, planted):
+    args = tune_args(tmp_path, budget_trials=20)
+    args = replace(args, train=replace(args.train, optim=replace(args.train.optim, warmup_epochs=8.0)))
+    summary = tune_mod.tune(args)
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    first = record["decisions"][0]
+    assert (first["step"], first["what"], first["result"]) == ("schedule", "warmup 8 -> 1 epochs (a tenth of the run)",
+                                                               "fixed")
+    trials = {t["name"]: t for t in record["trials"]}
+    assert trials["trial_000"]["config"]["optim"]["warmup_epochs"] == 1.0  # the template compared is the fixed one
+    assert trials["trial_000"]["what"] == "the template, its warmup fixed"
+    assert all(t["config"]["optim"]["warmup_epochs"] == 1.0 for t in record["trials"])
+    assert "--optim.warmup-epochs 1.0" in summary["best_flags"]  # the flags are against the config as given
+
+
+def test_a_time_budget_spent_by_the_sweep_stops_before_the_template(tmp_path, planted, monkeypatch):
+    import time
+
+    real_sweep = __import__("vitdist.checklist.sweep", fromlist=["sweep_lr"]).sweep_lr
+
+    def slow_sweep(*a, **k):
+        time.sleep(1.2)
+        return real_sweep(*a, **k)
+
+    monkeypatch.setattr("vitdist.checklist.sweep.sweep_lr", slow_sweep)
+    out = tune_mod.tune(tune_args(tmp_path, budget_trials=20, budget_minutes=0.01))  # 0.6 s
+    assert out == {"failed": ["budget"]} and not planted  # no template, no trial
+    last = json.loads((tmp_path / "tune" / "tune.json").read_text())["decisions"][-1]
+    assert last["step"] == "budget" and last["result"] == "stop"
+    assert "the check and the sweep took" in last["why"] and "give --budget-minutes" in last["why"]
+    # the template at 10 epochs costs 5 sweep trials of 2 epochs: 5 x 0.4 s, more than is left
+    assert last["template_minutes"] == pytest.approx(1.2 / 3 * 10 / 2 / 60, rel=0.2)
+
+
+def test_a_validation_split_too_small_to_resolve_a_change_is_said_before_comparing(tmp_path, planted, monkeypatch):
+    monkeypatch.setitem(globals(), "NUM_VAL", 144)
+    tune_mod.tune(tune_args(tmp_path, budget_trials=20))
+    decisions = json.loads((tmp_path / "tune" / "tune.json").read_text())["decisions"]
+    said = next(i for i, d in enumerate(decisions) if d["step"] == "resolution")
+    compared = next(i for i, d in enumerate(decisions) if d["result"] in ("kept", "reverted"))
+    assert said < compared
+    d = decisions[said]
+    # 2 standard errors of a difference of two accuracies of 0.5 on 144 images: 2 x sqrt(2 x 0.25 / 144) = 0.118
+    assert d["noise"] == pytest.approx(0.1179, abs=1e-3) and d["result"] == "too coarse"
+    assert "a larger hold-out" in d["why"] and "--data.val-fraction" in d["why"]

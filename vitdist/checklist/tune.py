@@ -36,8 +36,8 @@ import tyro
 from ..config import TrainConfig, UserError, from_dict, to_dict
 from .trials import is_main, say, sweep_folder, train_trial
 from .tune_record import log_decisions, plot_tune, tune_markdown
+from .tune_rule import NOISE_Z, fix_schedule, keep_or_revert, say_resolution
 
-NOISE_Z = 2.0  # a kept change beats the best by more than this many standard errors of the difference
 # Advice a fixed-length trial cannot take: a longer run (trials compare at the same epochs), the overfit check
 # (step 1 ran it), a precision change (speed, not accuracy).
 NOT_A_TRIAL = ("--epochs", "--preset", "--precision")
@@ -61,9 +61,11 @@ class TuneArgs:
     tune_dir: str = "runs/tune"
     """Folder for tune.json, tune.md, tune.png and one run folder per trial; --run-dir is not used."""
     budget_trials: int = 12
-    """Training runs in all, the sweep's included (the final run is not counted)."""
+    """Training runs in all, the sweep's included (the final run is not counted): at least the sweep's rates and
+    the template; a smaller budget is refused at start."""
     budget_minutes: float = 0.0
-    """Stop starting trials when the next would likely end past this many minutes (0: no time limit)."""
+    """Stop starting trials when the next would likely end past this many minutes, counted from the start: the
+    check and the sweep included (0: no time limit)."""
     lrs: tuple[float, ...] = (1e-2, 5e-3, 1e-3, 5e-4, 1e-4)
     """The sweep's rates (the checklist's step 1)."""
     sweep_epochs: int = 2
@@ -86,14 +88,6 @@ class Trial:
     error: Optional[str] = None
 
 
-def noise(acc_a: float, acc_b: float, n: int) -> float:
-    """NOISE_Z standard errors of the difference of two accuracies measured on n validation images (binomial,
-    as if independent: conservative for two models on the same images; it leaves out seed-to-seed variance)."""
-    if n <= 0:
-        return math.inf
-    return NOISE_Z * math.sqrt((acc_a * (1 - acc_a) + acc_b * (1 - acc_b)) / n)
-
-
 def apply_flags(cfg: TrainConfig, flags: str) -> TrainConfig:
     """cfg with flags parsed on top, exactly as `vitdist train` would parse them."""
     return tyro.cli(TrainConfig, default=cfg, args=shlex.split(flags)) if flags else cfg
@@ -107,6 +101,7 @@ class Tuner:
         self.decisions: list[dict] = []
         self.done: dict[str, dict] = {}  # a resumed tune's finished trials, by name
         self.sweep: Optional[dict] = None
+        self.sweep_minutes = 0.0  # the sweep's wall time, where it ran in this process (not read back)
         self.resuming = args.train.resume is not None
         if self.resuming and (self.dir / "tune.json").is_file():
             old = json.loads((self.dir / "tune.json").read_text())
@@ -206,22 +201,35 @@ def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, 
 TUNE_FILES = ["tune.json", "tune.md", "tune.png", "trial_*", "final", "sweep-lr", "wandb"]
 
 
+def check_budget(args: TuneArgs) -> None:
+    """The budget counts every training the tune starts: a budget too small for the plan (the sweep's rates and
+    the template) is refused at start, with the smallest that fits."""
+    plan = len(set(args.lrs)) + 1
+    if args.budget_trials < plan:
+        raise UserError(f"--budget-trials {args.budget_trials} does not cover the tune's plan: the sweep's "
+                        f"{plan - 1} rates and the template are {plan} trainings before any change is tried: give "
+                        f"--budget-trials {plan} or more (each one above {plan} tries a change), or fewer --lrs")
+    if not (math.isfinite(args.budget_minutes) and args.budget_minutes >= 0):
+        raise UserError(f"--budget-minutes must be a number of minutes >= 0 (0: no time limit), got "
+                        f"{args.budget_minutes:g}")
+
+
 def tune(args: TuneArgs) -> dict:
     """The tune, holding its folder (one tune per folder) from start to end."""
+    check_budget(args)
     with sweep_folder(Path(args.tune_dir), "--tune-dir", TUNE_FILES, args.train, what="tune"):
         return _tune(args)
 
 
 def _tune(args: TuneArgs) -> dict:
     from .checks import run_checks
-    from .diagnose import diagnose
-    from ..train.record import read_run
     from .sweep import sweep_lr
 
     t = Tuner(args)
-    template = replace(args.train, resume=None)
+    given = template = replace(args.train, resume=None)
     if template.log.wandb and template.log.wandb_group is None:  # the trials side by side in W&B
-        template = replace(template, log=replace(template.log, wandb_group=f"tune-{t.dir.resolve().name}"))
+        given = template = replace(template, log=replace(template.log, wandb_group=f"tune-{t.dir.resolve().name}"))
+    template = fix_schedule(t, template)
     # 1. the checks
     results = run_checks(template, print_fn=say)
     failed = [r for r in results if not r.passed]
@@ -232,9 +240,12 @@ def _tune(args: TuneArgs) -> dict:
     t.decide("check", "shape, gradient and overfit checks", {}, "PASS", "the model can learn: go on")
 
     # 2. the learning rate
-    if t.sweep is None:  # resumed: the sweep's finished rates read back, an interrupted one continued
+    swept_now = t.sweep is None
+    if swept_now:  # resumed: the sweep's finished rates read back, an interrupted one continued
         sweep_cfg = replace(template, epochs=args.sweep_epochs, resume=args.train.resume, overwrite=False)
+        started = time.perf_counter()
         t.sweep = sweep_lr(sweep_cfg, list(args.lrs), t.dir / "sweep-lr")
+        t.sweep_minutes = (time.perf_counter() - started) / 60
     lr = t.sweep["recommended_lr"]
     verdicts = {f"{r['lr']:g}": r["verdict"] for r in t.sweep["runs"]}
     if lr is None:
@@ -245,21 +256,56 @@ def _tune(args: TuneArgs) -> dict:
         t.decide("sweep lr", f"{len(args.lrs)} rates, {args.sweep_epochs} epoch(s) each", {"verdicts": verdicts},
                  f"lr {lr:g}", t.sweep["advice"])
 
-    # 3. the template, then the baseline at the swept rate (with a warmup that fits the trial)
-    ref = t.run("trial_000", "the template, as given", "", template)
+    if swept_now and not template_fits(t, template):
+        return {"failed": ["budget"]}
+
+    # 3. the template, then the baseline at the swept rate
+    ref = t.run("trial_000", "the template" + (", its warmup fixed" if template != given else ", as given"),
+                changed_flags(given, template), template)
     best = ref
+    say_resolution(t, ref)
     base_cfg = replace(template, optim=replace(template.optim, lr=lr, min_lr=min(template.optim.min_lr, lr)))
     changes = [f"lr {lr:g}"] if lr != template.optim.lr else []
-    if base_cfg.optim.warmup_epochs > base_cfg.epochs / 2:
-        warmup = max(base_cfg.epochs / 10, 0.1)
-        base_cfg = replace(base_cfg, optim=replace(base_cfg.optim, warmup_epochs=warmup))
-        changes.append(f"warmup {template.optim.warmup_epochs:g} -> {warmup:g} epochs (a tenth of the run)")
     best_cfg = template
     if changes and t.trials_left() > 0 and t.fits(base_cfg):
         trial = t.run("trial_001", "baseline: " + ", ".join(changes), changed_flags(template, base_cfg), base_cfg)
         best, best_cfg = keep_or_revert(t, "baseline", trial, best, base_cfg, best_cfg)
 
     # 4. diagnose, change one thing, keep what helps
+    best, best_cfg = change_one_thing_at_a_time(t, best, best_cfg)
+
+    # 5. the best config, its final run, and the test split scored once
+    final = best
+    if args.final_epochs and args.final_epochs != best_cfg.epochs:
+        final = t.run("final", f"the best config ({best.name}) for {args.final_epochs} epochs", "",
+                      replace(best_cfg, epochs=args.final_epochs))
+    test = score_test_once(final.run_dir)
+    summary = {"best_trial": best.name, "best_val_acc": best.best_val_acc, "template_val_acc": ref.best_val_acc,
+               "gain": (best.best_val_acc or 0) - (ref.best_val_acc or 0), "final_run": final.run_dir,
+               "final_val_acc": final.best_val_acc, "test": test,
+               "best_flags": changed_flags(given, best_cfg)}
+    t.decide("final", f"{final.name}", {"test_acc": test and test["accuracy"]}, "done",
+             f"best {best.name}: val {best.best_val_acc:.4f} against the template's {ref.best_val_acc:.4f}; "
+             f"the test split scored once: {test['accuracy']:.4f}" if test else "no test split to score")
+    if is_main():
+        record = json.loads((t.dir / "tune.json").read_text())
+        record["summary"] = summary
+        (t.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
+        (t.dir / "tune.md").write_text(tune_markdown(record))
+        plot_tune(record, t.dir / "tune.png")
+        if template.log.wandb:
+            log_decisions(record, template)
+        say(f"tune: best {best.name} (val {best.best_val_acc:.4f}, template {ref.best_val_acc:.4f}); flags: "
+            f"{summary['best_flags'] or '(the template)'} -> {t.dir / 'tune.md'}")
+    return summary
+
+
+def change_one_thing_at_a_time(t: Tuner, best: Trial, best_cfg: TrainConfig) -> tuple[Trial, TrainConfig]:
+    """Step 4: diagnose the best run so far, try its first advised change alone, keep it only when it beats the
+    noise; until nothing is left to try or the budget is spent. Returns the best trial and config."""
+    from .diagnose import diagnose
+    from ..train.record import read_run
+
     tried: set[str] = set()
     while t.trials_left() > 0 and agree(t.minutes_left() > 0):
         run = read_run(best.run_dir)
@@ -282,53 +328,25 @@ def _tune(args: TuneArgs) -> dict:
         trial = t.run(f"trial_{len(t.trials):03d}", what, flags, cfg)
         best, best_cfg = keep_or_revert(t, step, trial, best, cfg, best_cfg)
     else:
-        t.decide("budget", f"{len(t.trials)} trials", {}, "stop",
-                 "the trial budget is spent" if t.trials_left() <= 0 else "the time budget is spent")
-
-    # 5. the best config, its final run, and the test split scored once
-    final = best
-    if args.final_epochs and args.final_epochs != best_cfg.epochs:
-        final = t.run("final", f"the best config ({best.name}) for {args.final_epochs} epochs", "",
-                      replace(best_cfg, epochs=args.final_epochs))
-    test = score_test_once(final.run_dir)
-    summary = {"best_trial": best.name, "best_val_acc": best.best_val_acc, "template_val_acc": ref.best_val_acc,
-               "gain": (best.best_val_acc or 0) - (ref.best_val_acc or 0), "final_run": final.run_dir,
-               "final_val_acc": final.best_val_acc, "test": test,
-               "best_flags": changed_flags(template, best_cfg)}
-    t.decide("final", f"{final.name}", {"test_acc": test and test["accuracy"]}, "done",
-             f"best {best.name}: val {best.best_val_acc:.4f} against the template's {ref.best_val_acc:.4f}; "
-             f"the test split scored once: {test['accuracy']:.4f}" if test else "no test split to score")
-    if is_main():
-        record = json.loads((t.dir / "tune.json").read_text())
-        record["summary"] = summary
-        (t.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
-        (t.dir / "tune.md").write_text(tune_markdown(record))
-        plot_tune(record, t.dir / "tune.png")
-        if template.log.wandb:
-            log_decisions(record, template)
-        say(f"tune: best {best.name} (val {best.best_val_acc:.4f}, template {ref.best_val_acc:.4f}); flags: "
-            f"{summary['best_flags'] or '(the template)'} -> {t.dir / 'tune.md'}")
-    return summary
-
-
-def keep_or_revert(t: Tuner, step: str, trial: Trial, best: Trial, cfg: TrainConfig, best_cfg: TrainConfig):
-    """(best trial, best config) after one trial: kept only when it beats the best by more than the noise."""
-    if trial.best_val_acc is None:
-        t.decide(step, trial.what, {"trial": trial.name, "error": trial.error}, "reverted",
-                 f"the run diverged ({trial.error})")
-        return best, best_cfg
-    margin = noise(trial.best_val_acc, best.best_val_acc, min(trial.num_val, best.num_val))
-    gain = trial.best_val_acc - best.best_val_acc
-    numbers = {"trial": trial.name, "val_acc": trial.best_val_acc, "best_val_acc": best.best_val_acc,
-               "gain": gain, "noise": margin}
-    if gain > margin:
-        t.decide(step, trial.what, numbers, "kept",
-                 f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: +{gain:.4f} > noise {margin:.4f}")
-        return trial, cfg
-    t.decide(step, trial.what, numbers, "reverted",
-             f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f} is within noise {margin:.4f}"
-             if gain > 0 else f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f}, no better")
+        swept = len(t.sweep["runs"]) if t.sweep else 0
+        t.decide("budget", f"{swept + len(t.trials)} trainings ({swept} sweep rates, {len(t.trials)} trials)", {},
+                 "stop", "the trial budget is spent" if t.trials_left() <= 0 else "the time budget is spent")
     return best, best_cfg
+
+
+def template_fits(t: Tuner, template: TrainConfig) -> bool:
+    """After the sweep: whether the template likely ends within the time budget (its trials took
+    t.sweep_minutes, at --sweep-epochs each). If not, the tune stops here and says what budget would do."""
+    runs = max(len(t.sweep["runs"]), 1)
+    expected = t.sweep_minutes / runs * template.epochs / t.args.sweep_epochs
+    if agree(expected <= t.minutes_left()):
+        return True
+    spent = t.args.budget_minutes - t.minutes_left()
+    t.decide("budget", "the template", {"minutes_spent": spent, "template_minutes": expected}, "stop",
+             f"the time budget is spent: the check and the sweep took {spent:.1f} min, and the template alone "
+             f"would take about {expected:.1f} more: give --budget-minutes {math.ceil(spent + 3 * expected)} or "
+             f"more (the template, a baseline and one change), or fewer --lrs or --sweep-epochs")
+    return False
 
 
 def score_test_once(run_dir: str) -> Optional[dict]:
