@@ -581,7 +581,7 @@ MUTANTS = [
            ("tests/test_imports.py::test_every_import_runs_down_the_layers",)),
     Mutant("train-grows-back", "train() reads as its phases, on one screen", RUN,
            "        return finish(run, parts, state, stopped_early)",
-           "        return finish(run, parts, state, stopped_early)" + "\n        pass" * 40,
+           "        return finish(run, parts, state, stopped_early)" + "\n        pass" * 60,
            ("tests/test_imports.py::test_rooms_stay_small_and_train_reads_on_one_screen",)),
     Mutant("tune-folder-judged-on-every-rank", "a 2-process tune: rank 1 starting late is no earlier tune",
            "vitdist/checklist/trials.py", "for p in folder.glob(pattern)}) if is_main() else []",
