@@ -50,6 +50,8 @@ IMAGES = "vitdist/data/images.py"
 CHECKS = "vitdist/checklist/checks.py"
 TRACKERS = "vitdist/train/trackers.py"
 T_TRAIN = "tests/test_train.py"
+SEEDS_TEST = ("tests/test_tune.py::test_a_change_that_helps_on_every_seed_is_kept_and_one_that_helps_on_one_seed_only"
+              "_is_reverted")
 T_DIST = "tests/test_distributed.py"
 T_DS = "tests/test_deepspeed.py"
 T_NEW = "tests/test_new_user.py"
@@ -225,7 +227,8 @@ MUTANTS = [
            "    if gain > margin:\n", "    if gain > 0:\n",
            ("tests/test_tune.py::test_a_change_that_helps_is_kept_and_one_that_hurts_or_is_noise_is_reverted",)),
     Mutant("tune-resume-reruns-trials", "a resumed tune reruns nothing finished", "vitdist/checklist/tune.py",
-           'if old is not None and old["config"] == trial.config:', "if False:",
+           'if old is not None and old["config"] == trial.config and old.get("seeds", seeds) == seeds:',
+           "if False:",
            ("tests/test_tune.py::test_resume_reads_finished_trials_back",)),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", RUN,
@@ -595,7 +598,7 @@ MUTANTS = [
            "    if n < MIN_JUDGE_STEPS:\n", "    if False:\n",
            ("tests/test_sweep.py::test_curves_too_short_to_judge_get_that_verdict_and_the_best_measured_rate_is_suggested",)),
     Mutant("tune-budget-plan-unchecked", "a budget too small for the plan is refused at start",
-           "vitdist/checklist/tune.py", "    if args.budget_trials < plan:\n", "    if False:\n",
+           "vitdist/checklist/tune_budget.py", "    if args.budget_trials < plan:\n", "    if False:\n",
            ("tests/test_tune.py::test_a_budget_too_small_for_the_plan_is_refused_at_start",)),
     Mutant("tune-warmup-fixed-only-in-the-baseline", "a schedule spent warming up is fixed before comparing",
            "vitdist/checklist/tune.py", "    template = fix_schedule(t, template)\n", "",
@@ -607,6 +610,18 @@ MUTANTS = [
            "vitdist/checklist/tune_rule.py", "    band = noise(ref.best_val_acc, ref.best_val_acc, ref.num_val)",
            "    band = noise(0.9, 0.9, ref.num_val)",
            ("tests/test_tune.py::test_a_validation_split_too_small_to_resolve_a_change_is_said_before_comparing",)),
+    Mutant("paired-seeds-judged-on-the-binomial-band", "a change is kept on every seed's evidence",
+           "vitdist/checklist/tune_rule.py", "        margin = max(measured, binomial)\n",
+           "        margin = binomial\n", (SEEDS_TEST,)),
+    Mutant("paired-spread-read-as-normal", "a change is kept on every seed's evidence",
+           "vitdist/checklist/tune_rule.py", "    return float(stats.t.ppf(stats.norm.cdf(NOISE_Z), seeds - 1))",
+           "    return NOISE_Z", (SEEDS_TEST,)),
+    Mutant("every-seed-the-same", "a change is kept on every seed's evidence", "vitdist/checklist/tune.py",
+           "train_trial(replace(cfg, seed=seed, run_dir=str(run_dir)),",
+           "train_trial(replace(cfg, run_dir=str(run_dir)),", (SEEDS_TEST,)),
+    Mutant("budget-counts-arms-not-trainings", "the budget counts every training", "vitdist/checklist/tune.py",
+           "sum(len(t.accs) or 1 for t in self.trials)", "len(self.trials)",
+           ("tests/test_tune.py::test_the_budget_counts_each_seed",)),
 ]
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from conftest import run_cli, tiny_config
 from vitdist.checklist import diagnose as dg
@@ -68,6 +70,7 @@ def planted(monkeypatch):
 
 def tune_args(tmp_path, **kw):
     template = tiny_config(tmp_path / "unused", epochs=10, optim={"warmup_epochs": 1.0})
+    kw.setdefault("seeds", 1)  # one run an arm: the tests of seeds below plant effects per seed
     return tune_mod.TuneArgs(train=template, tune_dir=str(tmp_path / "tune"), lrs=(1e-2, 5e-3, 1e-3), **kw)
 
 
@@ -140,13 +143,17 @@ def test_a_real_tune_on_synthetic_data(tmp_path):
              "--data.train-eval-size", "64", "--model.embed-dim", "32", "--model.num-layers", "1",
              "--model.num-heads", "2", "--model.dim-feedforward", "64", "--batch.global-batch-size", "32",
              "--epochs", "2", "--optim.warmup-epochs", "0.2", "--log.no-tensorboard", "--log.no-progress"]
-    proc = run_cli("tune", *flags, "--tune-dir", tmp_path / "t", "--budget-trials", "5", "--sweep-epochs", "1",
-                   "--lrs", "1e-2", "1e-3", timeout=600)
+    proc = run_cli("tune", *flags, "--tune-dir", tmp_path / "t", "--budget-trials", "8", "--sweep-epochs", "1",
+                   "--lrs", "1e-2", "1e-3", "--seeds", "2", timeout=600)  # 2 rates, then 3 arms on 2 seeds
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert [d["step"] for d in record["decisions"]][:2] == ["check", "sweep lr"]
     assert len(record["trials"]) == 3 and record["summary"]["best_val_acc"] >= record["summary"]["template_val_acc"]
-    assert all((tmp_path / "t" / t["name"] / "metrics.jsonl").is_file() for t in record["trials"])
+    seed = record["template"]["seed"]
+    for t in record["trials"]:  # each arm on both seeds, its accuracy their mean
+        accs = [json.loads((tmp_path / "t" / t["name"] / f"seed_{s}" / "results.json").read_text())["best_val_acc"]
+                for s in (seed, seed + 1)]
+        assert t["accs"] == accs and t["best_val_acc"] == pytest.approx(sum(accs) / 2)
     plot = run_cli("plot", tmp_path / "t", timeout=120)
     assert plot.returncode == 0 and (tmp_path / "t" / "curves.png").is_file(), plot.stderr
 
@@ -203,7 +210,8 @@ def test_two_processes_run_each_trial_together(tmp_path):
 
     proc = accelerate_launch(REPO / "tests" / "fail_on_rank.py", *TINY_FLAGS, "--epochs", "1",
                              "--model.num-layers", "1", "--optim.warmup-epochs", "0.2", "--tune-dir", tmp_path / "t",
-                             "--budget-trials", "3", "--sweep-epochs", "1", "--lrs", "1e-3", num_processes=2,
+                             "--budget-trials", "3", "--sweep-epochs", "1", "--lrs", "1e-3", "--seeds", "1",
+                             num_processes=2,
                              timeout=600, env_extra={"FAIL_MAIN": "vitdist.checklist.tune", "FAIL_RANK": "1",
                                                      "FAIL_STEP": "3", "FAIL_WITH": "late-start"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -221,7 +229,8 @@ def test_two_processes_run_each_trial_together(tmp_path):
     (["--budget-minutes", "-1"], "--budget-minutes must be a number of minutes >= 0 (0: no time limit), got -1"),
 ])
 def test_a_budget_too_small_for_the_plan_is_refused_at_start(tmp_path, planted, capsys, flags, said):
-    argv = ["--data.name", "synthetic", "--lrs", "1e-2", "5e-3", "1e-3", "--tune-dir", str(tmp_path / "t"), *flags]
+    argv = ["--data.name", "synthetic", "--lrs", "1e-2", "5e-3", "1e-3", "--seeds", "1", "--tune-dir",
+            str(tmp_path / "t"), *flags]
     with pytest.raises(SystemExit) as stop:
         tune_mod.main(argv)
     assert stop.value.code == 2
@@ -275,3 +284,62 @@ def test_a_validation_split_too_small_to_resolve_a_change_is_said_before_compari
     # 2 standard errors of a difference of two accuracies of 0.5 on 144 images: 2 x sqrt(2 x 0.25 / 144) = 0.118
     assert d["noise"] == pytest.approx(0.1179, abs=1e-3) and d["result"] == "too coarse"
     assert "a larger hold-out" in d["why"] and "--data.val-fraction" in d["why"]
+
+
+# --- issue 19: evidence across seeds
+
+def seeded_effect(cfg) -> float:
+    """Planted per seed: the seeds differ by more than the binomial band (the template moves 6 points between them),
+    weight decay 1e-3 helps on every seed, dropout 0.2 helps on the first seed only."""
+    k = cfg.seed - SEED
+    acc = 0.50 + 0.03 * k  # seed-to-seed variance, shared by every arm on that seed: the pairing removes it
+    acc += 0.10 if cfg.optim.lr == 5e-3 else 0.0
+    acc += 0.04 if cfg.optim.weight_decay == 1e-3 else 0.0  # every seed: kept
+    acc += 0.12 if (cfg.model.dropout == 0.2 and k == 0) else 0.0  # one seed: +0.04 on average, reverted
+    acc += (0.10, 0.03, 0.05)[k] if cfg.data.color_jitter else 0.0  # +0.06, but more spread than 3 seeds vouch for
+    return acc
+
+
+SEED = tiny_config("unused").seed
+
+
+def test_a_change_that_helps_on_every_seed_is_kept_and_one_that_helps_on_one_seed_only_is_reverted(
+        tmp_path, planted, monkeypatch):
+    monkeypatch.setitem(globals(), "effect", seeded_effect)
+    summary = tune_mod.tune(tune_args(tmp_path, budget_trials=3 + 3 * 5, seeds=3))
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    trials = {t["name"]: t for t in record["trials"]}
+    assert trials["trial_000"]["seeds"] == [SEED, SEED + 1, SEED + 2]
+    assert trials["trial_000"]["accs"] == pytest.approx([0.50, 0.53, 0.56])
+    # every arm trained on the same three seeds, each in a folder of its own
+    assert len(planted) == 3 * len(record["trials"])
+    assert all(p.endswith(f"seed_{SEED + k % 3}") for k, p in enumerate(planted))
+    judged = {d["what"]: d for d in record["decisions"] if d["result"] in ("kept", "reverted")}
+    dropout = judged["more dropout: 0.1 -> 0.2"]
+    assert dropout["result"] == "reverted" and dropout["diffs"] == pytest.approx([0.12, 0.0, 0.0])
+    # +0.04 on average: more than the binomial band of a mean over 3 seeds (0.044 / sqrt 3 = 0.025) would allow,
+    # so only the paired differences' own spread reverts it
+    assert dropout["gain"] == pytest.approx(0.04) and dropout["binomial_noise"] < 0.04 < dropout["measured_noise"]
+    wd = judged["more weight decay"]
+    assert wd["result"] == "kept" and wd["diffs"] == pytest.approx([0.04, 0.04, 0.04]) and wd["measured_noise"] < 1e-9
+    # 3 seeds' spread is read with Student's t (2 degrees of freedom: 4.53 where a normal says 2): +0.06 with a
+    # spread of 0.036 would pass a normal band (0.042) and fails this one (0.094)
+    jitter = judged["stronger augmentation: ColorJitter"]
+    spread = float(np.std([0.10, 0.03, 0.05], ddof=1))
+    assert jitter["result"] == "reverted" and jitter["gain"] == pytest.approx(0.06)
+    assert 2 * spread / 3 ** 0.5 < jitter["gain"] < jitter["measured_noise"]
+    assert jitter["measured_noise"] == pytest.approx(stats.t.ppf(stats.norm.cdf(2.0), 2) * spread / 3 ** 0.5)
+    assert summary["best_flags"] == "--optim.lr 0.005 --optim.weight-decay 0.001"
+    said = next(d for d in record["decisions"] if d["step"] == "resolution")
+    assert said["template_seed_std"] == pytest.approx(0.03) and "3 seeds" in said["what"]
+    md = (tmp_path / "tune" / "tune.md").read_text()
+    assert "0.5300 (0.5000, 0.5300, 0.5600)" in md  # each arm's per-seed accuracies
+
+
+def test_the_budget_counts_each_seed(tmp_path, planted):
+    with pytest.raises(Exception, match="the template on 3 seeds are 6 trainings"):
+        tune_mod.tune(tune_args(tmp_path, budget_trials=5, seeds=3))
+    tune_mod.tune(tune_args(tmp_path, budget_trials=3 + 3 * 2, seeds=3))  # the sweep, the template, one more arm
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert len(planted) == 6 and [t["name"] for t in record["trials"]] == ["trial_000", "trial_001"]
+    assert record["decisions"][-2]["what"] == "9 trainings (3 sweep rates, 2 trials)"

@@ -216,11 +216,12 @@ def plot_best_so_far(accs: list[Optional[float]], names: list[str], out: str | P
 
 def run_folders(paths: tuple[str, ...]) -> list[str]:
     """Run folders as given, a folder of runs (a tune or sweep folder: no metrics.jsonl of its own) opened into its
-    runs, in name order."""
+    runs, in name order (a tune's trials on several seeds one level deeper: trial_003/seed_1)."""
     out = []
     for p in paths:
         folder = Path(p)
-        inner = sorted(d for d in folder.glob("*/") if (d / "metrics.jsonl").is_file()) if folder.is_dir() else []
+        inner = sorted(d for pattern in ("*/", "*/seed_*/") for d in folder.glob(pattern)
+                       if (d / "metrics.jsonl").is_file()) if folder.is_dir() else []
         out += [str(d) for d in inner] if inner and not (folder / "metrics.jsonl").is_file() else [p]
     return out
 

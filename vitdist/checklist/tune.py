@@ -27,7 +27,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,6 +35,7 @@ import tyro
 
 from ..config import TrainConfig, UserError, from_dict, to_dict
 from .trials import is_main, say, sweep_folder, train_trial
+from .tune_budget import agree, check_budget, template_fits
 from .tune_record import log_decisions, plot_tune, tune_markdown
 from .tune_rule import NOISE_Z, fix_schedule, keep_or_revert, say_resolution
 
@@ -70,6 +71,10 @@ class TuneArgs:
     """The sweep's rates (the checklist's step 1)."""
     sweep_epochs: int = 2
     """Epochs of each sweep trial: enough steps to read a loss curve."""
+    seeds: int = 3
+    """Seeds per arm: the template, the baseline and each change train on seeds --seed, --seed + 1, ... (each
+    redrawing the validation hold-out where the data has no fixed split), and a change is judged on the paired
+    differences, seed by seed: kept when their mean beats both their own spread and the binomial band."""
     final_epochs: Optional[int] = None
     """Epochs of the final run of the best config; default --epochs: the best trial itself is the final run."""
     # --resume auto (train's own flag) continues the tune in --tune-dir: finished trials are read back, not rerun.
@@ -86,6 +91,8 @@ class Trial:
     num_val: int = 0
     seconds: float = 0.0
     error: Optional[str] = None
+    seeds: list = field(default_factory=list)  # the seeds it trained on, paired with every other arm's
+    accs: list = field(default_factory=list)  # each seed's best validation accuracy (best_val_acc: their mean)
 
 
 def apply_flags(cfg: TrainConfig, flags: str) -> TrainConfig:
@@ -110,17 +117,22 @@ class Tuner:
 
     # --- budget and records
 
+    def trainings(self) -> int:
+        """Every training the tune has started: the sweep's rates, and each trial's seeds."""
+        return (len(self.sweep["runs"]) if self.sweep else 0) + sum(len(t.accs) or 1 for t in self.trials)
+
     def trials_left(self) -> int:
-        return self.args.budget_trials - len(self.trials) - (len(self.sweep["runs"]) if self.sweep else 0)
+        """Arms the trial budget still holds (an arm: one config on every seed)."""
+        return (self.args.budget_trials - self.trainings()) // self.args.seeds
 
     def expected_minutes(self, cfg: TrainConfig) -> float:
-        """A trial's likely length: the trials so far, in seconds per (FLOP of an image x epoch), scaled to cfg's
-        model and epochs; a wider or deeper model costs what its FLOPs say."""
+        """A trial's likely length on all its seeds: the trainings so far, in seconds per (FLOP of an image x
+        epoch), scaled to cfg's model and epochs; a wider or deeper model costs what its FLOPs say."""
         from ..flops import train_flops_per_image
 
         cost = lambda c: train_flops_per_image(c.model, 10) * c.epochs  # noqa: E731 - the class count barely moves it
-        ran = [t.seconds / cost(from_dict(t.config)) for t in self.trials if t.seconds > 0]
-        return (sum(ran) / len(ran) * cost(cfg) / 60) if ran else 0.0
+        ran = [t.seconds / (len(t.accs) or 1) / cost(from_dict(t.config)) for t in self.trials if t.seconds > 0]
+        return (sum(ran) / len(ran) * cost(cfg) * self.args.seeds / 60) if ran else 0.0
 
     def minutes_left(self) -> float:
         if self.args.budget_minutes <= 0:
@@ -150,37 +162,35 @@ class Tuner:
     # --- trials
 
     def run(self, name: str, what: str, flags: str, cfg: TrainConfig) -> Trial:
-        run_dir = str(self.dir / name)
-        cfg = replace(cfg, run_dir=run_dir, resume=None)
-        trial = Trial(name, what, flags, json.loads(json.dumps(to_dict(cfg))), run_dir)  # as tune.json holds it
+        """One arm: cfg trained on each of the tune's seeds (NAME/ with one seed, NAME/seed_S/ with several)."""
+        seeds = [cfg.seed + k for k in range(self.args.seeds)]
+        folder = self.dir / name
+        folders = [folder] if len(seeds) == 1 else [folder / f"seed_{seed}" for seed in seeds]
+        cfg = replace(cfg, run_dir=str(folder), resume=None)
+        trial = Trial(name, what, flags, json.loads(json.dumps(to_dict(cfg))), str(folders[0]),  # as tune.json holds it
+                      seeds=seeds)
         old = self.done.get(name)
-        if old is not None and old["config"] == trial.config:  # resumed: this trial finished before
+        if old is not None and old["config"] == trial.config and old.get("seeds", seeds) == seeds:  # finished before
             trial = Trial(**old)
             say(f"\n=== tune {name}: {what}: read back (val acc {trial.best_val_acc})")
         else:
-            say(f"\n=== tune {name}: {what} -> {run_dir}")
+            say(f"\n=== tune {name}: {what} -> {folder}" + (f" (seeds {', '.join(map(str, seeds))})"
+                                                             if len(seeds) > 1 else ""))
             start = time.perf_counter()
-            # Resumed: a trial interrupted mid-run (Ctrl-C, SIGTERM: it saved a checkpoint) continues from there.
-            results, trial.error = train_trial(cfg, resume=self.resuming)
+            for seed, run_dir in zip(seeds, folders):
+                # Resumed: a run interrupted mid-run (Ctrl-C, SIGTERM: it saved a checkpoint) continues from there.
+                results, trial.error = train_trial(replace(cfg, seed=seed, run_dir=str(run_dir)),
+                                                   resume=self.resuming)
+                trial.accs.append(results["best_val_acc"] if results is not None else None)
+                if results is None:
+                    break  # a diverged arm is reverted whatever its other seeds would say
+                trial.num_val = trial.num_val or json.loads((run_dir / "data.json").read_text())["num_val"]
             trial.seconds = time.perf_counter() - start
-            if results is not None:
-                trial.best_val_acc = results["best_val_acc"]
-                trial.num_val = json.loads((Path(run_dir) / "data.json").read_text())["num_val"]
+            if trial.error is None:
+                trial.best_val_acc = sum(trial.accs) / len(trial.accs)
         self.trials.append(trial)
         self.write()
         return trial
-
-
-def agree(flag: bool) -> bool:
-    """Rank 0's answer on every rank: a time budget read from each rank's own clock could split the ranks'
-    paths, and the next trial would wait for a rank that never comes."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        return flag
-    box = [flag]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
 
 
 def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, str, str]]:
@@ -199,19 +209,6 @@ def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, 
 
 # What a tune leaves in its folder: a new tune there refuses it (or deletes it with --overwrite).
 TUNE_FILES = ["tune.json", "tune.md", "tune.png", "trial_*", "final", "sweep-lr", "wandb"]
-
-
-def check_budget(args: TuneArgs) -> None:
-    """The budget counts every training the tune starts: a budget too small for the plan (the sweep's rates and
-    the template) is refused at start, with the smallest that fits."""
-    plan = len(set(args.lrs)) + 1
-    if args.budget_trials < plan:
-        raise UserError(f"--budget-trials {args.budget_trials} does not cover the tune's plan: the sweep's "
-                        f"{plan - 1} rates and the template are {plan} trainings before any change is tried: give "
-                        f"--budget-trials {plan} or more (each one above {plan} tries a change), or fewer --lrs")
-    if not (math.isfinite(args.budget_minutes) and args.budget_minutes >= 0):
-        raise UserError(f"--budget-minutes must be a number of minutes >= 0 (0: no time limit), got "
-                        f"{args.budget_minutes:g}")
 
 
 def tune(args: TuneArgs) -> dict:
@@ -267,7 +264,7 @@ def _tune(args: TuneArgs) -> dict:
     base_cfg = replace(template, optim=replace(template.optim, lr=lr, min_lr=min(template.optim.min_lr, lr)))
     changes = [f"lr {lr:g}"] if lr != template.optim.lr else []
     best_cfg = template
-    if changes and t.trials_left() > 0 and t.fits(base_cfg):
+    if changes and t.trials_left() >= 1 and t.fits(base_cfg):
         trial = t.run("trial_001", "baseline: " + ", ".join(changes), changed_flags(template, base_cfg), base_cfg)
         best, best_cfg = keep_or_revert(t, "baseline", trial, best, base_cfg, best_cfg)
 
@@ -329,24 +326,9 @@ def change_one_thing_at_a_time(t: Tuner, best: Trial, best_cfg: TrainConfig) -> 
         best, best_cfg = keep_or_revert(t, step, trial, best, cfg, best_cfg)
     else:
         swept = len(t.sweep["runs"]) if t.sweep else 0
-        t.decide("budget", f"{swept + len(t.trials)} trainings ({swept} sweep rates, {len(t.trials)} trials)", {},
+        t.decide("budget", f"{t.trainings()} trainings ({swept} sweep rates, {len(t.trials)} trials)", {},
                  "stop", "the trial budget is spent" if t.trials_left() <= 0 else "the time budget is spent")
     return best, best_cfg
-
-
-def template_fits(t: Tuner, template: TrainConfig) -> bool:
-    """After the sweep: whether the template likely ends within the time budget (its trials took
-    t.sweep_minutes, at --sweep-epochs each). If not, the tune stops here and says what budget would do."""
-    runs = max(len(t.sweep["runs"]), 1)
-    expected = t.sweep_minutes / runs * template.epochs / t.args.sweep_epochs
-    if agree(expected <= t.minutes_left()):
-        return True
-    spent = t.args.budget_minutes - t.minutes_left()
-    t.decide("budget", "the template", {"minutes_spent": spent, "template_minutes": expected}, "stop",
-             f"the time budget is spent: the check and the sweep took {spent:.1f} min, and the template alone "
-             f"would take about {expected:.1f} more: give --budget-minutes {math.ceil(spent + 3 * expected)} or "
-             f"more (the template, a baseline and one change), or fewer --lrs or --sweep-epochs")
-    return False
 
 
 def score_test_once(run_dir: str) -> Optional[dict]:

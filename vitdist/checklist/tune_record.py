@@ -39,9 +39,12 @@ def tune_markdown(record: dict) -> str:
               "| # | step | change | result | why |", "|---|---|---|---|---|"]
     for i, d in enumerate(record["decisions"], 1):
         lines.append(f"| {i} | {d['step']} | {d['what']} | {d['result']} | {d['why']} |")
-    lines += ["", "## Trials", "", "| trial | change | flags | best val acc | minutes |", "|---|---|---|---|---|"]
+    lines += ["", "## Trials", "", "| trial | change | flags | best val acc (each seed's) | minutes |",
+              "|---|---|---|---|---|"]
     for tr in record["trials"]:
         acc = f"{tr['best_val_acc']:.4f}" if tr["best_val_acc"] is not None else f"error: {tr['error']}"
+        if len(tr.get("accs") or []) > 1:  # each seed's, in the order of tr["seeds"]
+            acc += " (" + ", ".join("-" if a is None else f"{a:.4f}" for a in tr["accs"]) + ")"
         lines.append(f"| {tr['name']} | {tr['what']} | `{tr['flags']}` | {acc} | {tr['seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,6 @@
 """The tune's decision rule: the noise band of a difference of two validation accuracies (`noise`), a change
-kept only when it beats the best so far by more than it (`keep_or_revert`), and how large a gain the validation
+kept only when it beats the best so far by more than it (`keep_or_revert`; with several seeds, by the mean of the
+paired differences, against the larger of their own spread and the binomial band), and how large a gain the validation
 split can resolve, said before anything is compared (`say_resolution`), as a schedule that spends a trial
 warming up is fixed first (`fix_schedule`)."""
 
@@ -34,20 +35,37 @@ def fix_schedule(t, template: TrainConfig) -> TrainConfig:
     return replace(template, optim=replace(template.optim, warmup_epochs=warmup))
 
 
+def paired_z(seeds: int) -> float:
+    """NOISE_Z for a spread estimated from `seeds` paired differences: Student's t at the confidence NOISE_Z gives a
+    normal (about 4.5 for 3 seeds: two degrees of freedom say little about a spread)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(stats.norm.cdf(NOISE_Z), seeds - 1))
+
+
 def say_resolution(t, ref) -> None:
-    """Before anything is compared: how large a gain the validation split can resolve, at the template's
-    accuracy; where that is coarse, what would make it finer."""
+    """Before anything is compared: how large a gain the validation split can resolve at the template's accuracy
+    (over the tune's seeds), how much the template itself moved between seeds, and where that is coarse, what would
+    make it finer."""
     if ref.best_val_acc is None or not ref.num_val:
         return
-    band = noise(ref.best_val_acc, ref.best_val_acc, ref.num_val)
+    seeds = len(ref.accs) or 1
+    band = noise(ref.best_val_acc, ref.best_val_acc, ref.num_val) / math.sqrt(seeds)
+    numbers = {"noise": band}
     why = (f"a change is kept when it gains more than {band:.3f} ({NOISE_Z:g} binomial standard errors of the "
-           f"difference at the template's {ref.best_val_acc:.3f}, on {ref.num_val} validation images)")
+           f"difference at the template's {ref.best_val_acc:.3f}, on {ref.num_val} validation images"
+           + (f", averaged over {seeds} seeds)" if seeds > 1 else ")"))
+    if seeds > 1:
+        spread = math.sqrt(sum((a - ref.best_val_acc) ** 2 for a in ref.accs) / (seeds - 1))
+        numbers["template_seed_std"] = spread
+        why += (f" and more than its paired differences' own spread; the template's accuracy moved {spread:.3f} "
+                f"(standard deviation) between seeds")
     coarse = band > RESOLUTION_WARN
     if coarse:
         why += ("; that hides most single changes: a larger hold-out resolves finer (4x the images halves it: "
-                "--data.val-fraction, or more data with --data.train-subset)")
-    t.decide("resolution", f"{ref.num_val} validation images", {"noise": band}, "too coarse" if coarse else "noted",
-             why)
+                "--data.val-fraction, or more data with --data.train-subset), and so do more --seeds")
+    t.decide("resolution", f"{ref.num_val} validation images" + (f", {seeds} seeds" if seeds > 1 else ""), numbers,
+             "too coarse" if coarse else "noted", why)
 
 
 def keep_or_revert(t, step: str, trial, best, cfg: TrainConfig, best_cfg: TrainConfig):
@@ -57,15 +75,29 @@ def keep_or_revert(t, step: str, trial, best, cfg: TrainConfig, best_cfg: TrainC
         t.decide(step, trial.what, {"trial": trial.name, "error": trial.error}, "reverted",
                  f"the run diverged ({trial.error})")
         return best, best_cfg
-    margin = noise(trial.best_val_acc, best.best_val_acc, min(trial.num_val, best.num_val))
-    gain = trial.best_val_acc - best.best_val_acc
-    numbers = {"trial": trial.name, "val_acc": trial.best_val_acc, "best_val_acc": best.best_val_acc,
-               "gain": gain, "noise": margin}
+    n = min(trial.num_val, best.num_val)
+    seeds = len(trial.accs)
+    numbers = {"trial": trial.name, "val_acc": trial.best_val_acc, "best_val_acc": best.best_val_acc}
+    if seeds > 1 and len(best.accs) == seeds:  # paired seed by seed: the same seeds, the same hold-outs
+        diffs = [a - b for a, b in zip(trial.accs, best.accs)]
+        gain = sum(diffs) / seeds
+        spread = math.sqrt(sum((d - gain) ** 2 for d in diffs) / (seeds - 1))
+        measured = paired_z(seeds) * spread / math.sqrt(seeds)  # the paired differences' own noise
+        binomial = noise(trial.best_val_acc, best.best_val_acc, n) / math.sqrt(seeds)
+        margin = max(measured, binomial)
+        numbers.update(val_accs=trial.accs, best_val_accs=best.accs, diffs=diffs, measured_noise=measured,
+                       binomial_noise=binomial)
+        over = f" over {seeds} seeds"
+    else:
+        margin = noise(trial.best_val_acc, best.best_val_acc, n)
+        gain = trial.best_val_acc - best.best_val_acc
+        over = ""
+    numbers.update(gain=gain, noise=margin)
     if gain > margin:
         t.decide(step, trial.what, numbers, "kept",
-                 f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: +{gain:.4f} > noise {margin:.4f}")
+                 f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}{over}: +{gain:.4f} > noise {margin:.4f}")
         return trial, cfg
     t.decide(step, trial.what, numbers, "reverted",
-             f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f} is within noise {margin:.4f}"
-             if gain > 0 else f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}: {gain:+.4f}, no better")
+             f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}{over}: {gain:+.4f} is within noise {margin:.4f}"
+             if gain > 0 else f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}{over}: {gain:+.4f}, no better")
     return best, best_cfg

@@ -27,7 +27,9 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.dir.resolve().name
+        """The folder's name; a tune's seed folder (trial_003/seed_1) with its trial's."""
+        here = self.dir.resolve()
+        return f"{here.parent.name}/{here.name}" if here.name.startswith("seed_") else here.name
 
 
 def read_jsonl(path: Path) -> list[dict]:
