@@ -622,6 +622,14 @@ MUTANTS = [
     Mutant("budget-counts-arms-not-trainings", "the budget counts every training", "vitdist/checklist/tune.py",
            "sum(len(t.accs) or 1 for t in self.trials)", "len(self.trials)",
            ("tests/test_tune.py::test_the_budget_counts_each_seed",)),
+    Mutant("confirmed-on-the-tunes-own-seeds", "the headline is on fresh seeds", "vitdist/checklist/tune_rule.py",
+           "    fresh = [template.seed + t.args.seeds + i for i in range(k)]",
+           "    fresh = [template.seed + i for i in range(k)]",
+           ("tests/test_tune.py::test_the_headline_is_the_winner_against_the_template_on_fresh_seeds",)),
+    Mutant("confirmation-not-budgeted", "the budget counts every training", "vitdist/checklist/tune.py",
+           "        kept = 2 * self.args.confirm_seeds if self.reserve is not None else 0\n",
+           "        kept = 0\n",
+           ("tests/test_tune.py::test_the_headline_is_the_winner_against_the_template_on_fresh_seeds",)),
 ]
 
 

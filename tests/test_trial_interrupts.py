@@ -59,7 +59,7 @@ def test_sweep_lr_stopped_inside_a_trial_continues_it_and_ends_as_an_unbroken_sw
 def test_tune_stopped_inside_a_trial_continues_it_on_resume(tmp_path, capsys):
     tune = tmp_path / "tune"
     args = [*TINY_FLAGS, "--lrs", "1e-3", "5e-4", "--sweep-epochs", "1", "--epochs", "2", "--budget-trials", "4",
-            "--seeds", "1", "--tune-dir", str(tune)]
+            "--seeds", "1", "--confirm-seeds", "0", "--tune-dir", str(tune)]
     # The sweep's 2 x 8 steps, then the template's trial: step 20 is its fourth.
     proc = planted(*args, env={"FAIL_MAIN": "vitdist.checklist.tune", "FAIL_STEP": "20", "FAIL_WITH": "sigterm"})
     assert proc.returncode == 143, proc.stderr[-3000:]

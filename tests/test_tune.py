@@ -71,6 +71,7 @@ def planted(monkeypatch):
 def tune_args(tmp_path, **kw):
     template = tiny_config(tmp_path / "unused", epochs=10, optim={"warmup_epochs": 1.0})
     kw.setdefault("seeds", 1)  # one run an arm: the tests of seeds below plant effects per seed
+    kw.setdefault("confirm_seeds", 0)  # and no confirmation at the end, but where a test asks for it
     return tune_mod.TuneArgs(train=template, tune_dir=str(tmp_path / "tune"), lrs=(1e-2, 5e-3, 1e-3), **kw)
 
 
@@ -143,14 +144,19 @@ def test_a_real_tune_on_synthetic_data(tmp_path):
              "--data.train-eval-size", "64", "--model.embed-dim", "32", "--model.num-layers", "1",
              "--model.num-heads", "2", "--model.dim-feedforward", "64", "--batch.global-batch-size", "32",
              "--epochs", "2", "--optim.warmup-epochs", "0.2", "--log.no-tensorboard", "--log.no-progress"]
-    proc = run_cli("tune", *flags, "--tune-dir", tmp_path / "t", "--budget-trials", "8", "--sweep-epochs", "1",
-                   "--lrs", "1e-2", "1e-3", "--seeds", "2", timeout=600)  # 2 rates, then 3 arms on 2 seeds
+    proc = run_cli("tune", *flags, "--tune-dir", tmp_path / "t", "--budget-trials", "10", "--sweep-epochs", "1",
+                   "--lrs", "1e-2", "1e-3", "--seeds", "2", "--confirm-seeds", "1",
+                   timeout=600)  # 2 rates, 3 arms on 2 seeds, then the template and the winner on a fresh seed
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert [d["step"] for d in record["decisions"]][:2] == ["check", "sweep lr"]
-    assert len(record["trials"]) == 3 and record["summary"]["best_val_acc"] >= record["summary"]["template_val_acc"]
+    searched = [t for t in record["trials"] if not t["name"].startswith("confirm_")]
+    assert len(searched) == 3 and record["summary"]["best_val_acc"] >= record["summary"]["template_val_acc"]
     seed = record["template"]["seed"]
-    for t in record["trials"]:  # each arm on both seeds, its accuracy their mean
+    confirmed = record["summary"]["confirmed"]
+    template = json.loads((tmp_path / "t" / "confirm_template" / "results.json").read_text())["best_val_acc"]
+    assert confirmed["seeds"] == [seed + 2] and confirmed["template"]["accs"] == [template]
+    for t in searched:  # each arm on both seeds, its accuracy their mean
         accs = [json.loads((tmp_path / "t" / t["name"] / f"seed_{s}" / "results.json").read_text())["best_val_acc"]
                 for s in (seed, seed + 1)]
         assert t["accs"] == accs and t["best_val_acc"] == pytest.approx(sum(accs) / 2)
@@ -211,6 +217,7 @@ def test_two_processes_run_each_trial_together(tmp_path):
     proc = accelerate_launch(REPO / "tests" / "fail_on_rank.py", *TINY_FLAGS, "--epochs", "1",
                              "--model.num-layers", "1", "--optim.warmup-epochs", "0.2", "--tune-dir", tmp_path / "t",
                              "--budget-trials", "3", "--sweep-epochs", "1", "--lrs", "1e-3", "--seeds", "1",
+                             "--confirm-seeds", "0",
                              num_processes=2,
                              timeout=600, env_extra={"FAIL_MAIN": "vitdist.checklist.tune", "FAIL_RANK": "1",
                                                      "FAIL_STEP": "3", "FAIL_WITH": "late-start"})
@@ -229,8 +236,8 @@ def test_two_processes_run_each_trial_together(tmp_path):
     (["--budget-minutes", "-1"], "--budget-minutes must be a number of minutes >= 0 (0: no time limit), got -1"),
 ])
 def test_a_budget_too_small_for_the_plan_is_refused_at_start(tmp_path, planted, capsys, flags, said):
-    argv = ["--data.name", "synthetic", "--lrs", "1e-2", "5e-3", "1e-3", "--seeds", "1", "--tune-dir",
-            str(tmp_path / "t"), *flags]
+    argv = ["--data.name", "synthetic", "--lrs", "1e-2", "5e-3", "1e-3", "--seeds", "1", "--confirm-seeds", "0",
+            "--tune-dir", str(tmp_path / "t"), *flags]
     with pytest.raises(SystemExit) as stop:
         tune_mod.main(argv)
     assert stop.value.code == 2
@@ -343,3 +350,29 @@ def test_the_budget_counts_each_seed(tmp_path, planted):
     record = json.loads((tmp_path / "tune" / "tune.json").read_text())
     assert len(planted) == 6 and [t["name"] for t in record["trials"]] == ["trial_000", "trial_001"]
     assert record["decisions"][-2]["what"] == "9 trainings (3 sweep rates, 2 trials)"
+
+
+def test_the_headline_is_the_winner_against_the_template_on_fresh_seeds(tmp_path, planted, monkeypatch):
+    monkeypatch.setitem(globals(), "effect", seeded_effect)
+    with pytest.raises(Exception, match="the template and the winner on 3 fresh seeds at the end are 12 trainings"):
+        tune_mod.tune(tune_args(tmp_path, budget_trials=11, seeds=3, confirm_seeds=3))
+    budget = 3 + 3 * 4 + 6  # the sweep's rates; the template, the baseline and two changes; the confirmation
+    summary = tune_mod.tune(tune_args(tmp_path, budget_trials=budget, seeds=3, confirm_seeds=3))
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    c = summary["confirmed"]
+    fresh = [SEED + 3, SEED + 4, SEED + 5]
+    assert c["seeds"] == fresh and not set(fresh) & {s for t in record["trials"] if not t["name"].startswith(
+        "confirm_") for s in t["seeds"]}  # never used during the tune
+    # the planted truth on seeds 3-5: the template 0.59, 0.62, 0.65; the winner (lr 5e-3, weight decay) +0.14
+    assert c["template"]["accs"] == pytest.approx([0.59, 0.62, 0.65])
+    assert c["best"]["accs"] == pytest.approx([0.73, 0.76, 0.79])
+    assert c["template"]["mean"] == pytest.approx(0.62) and c["template"]["std"] == pytest.approx(0.03)
+    assert c["gain"] == pytest.approx(0.14)
+    assert [t["name"] for t in record["trials"]][-2:] == ["confirm_template", "confirm_best"]
+    md = (tmp_path / "tune" / "tune.md").read_text()
+    headline = md.splitlines()[2]  # first, before the tune's own best
+    assert headline.startswith("**Confirmed on 3 fresh seeds**") and "0.7600 ± 0.0300" in headline
+    assert "0.6200 ± 0.0300" in headline and "**+0.1400**" in headline
+    # the budget kept room for the confirmation: the search stopped after two changes, every training counted
+    assert record["decisions"][-3]["why"] == "the trial budget is spent"
+    assert len(planted) == 3 * len(record["trials"]) == budget - 3

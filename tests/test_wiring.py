@@ -279,7 +279,7 @@ def test_no_trial_of_tune_or_a_sweep_reads_the_test_split_only_tunes_final_scori
     n_test = len(real_load(DataConfig(name="digits"), 32, 0).test)
 
     assert tune_mod.main([*FLAGS, "--tune-dir", str(tmp_path / "tune"), "--budget-trials", "3", "--sweep-epochs",
-                          "1", "--lrs", "1e-2", "1e-3", "--seeds", "1"]) == 0
+                          "1", "--lrs", "1e-2", "1e-3", "--seeds", "1", "--confirm-seeds", "0"]) == 0
     trained = [who for who in built if "train_trial" in who]
     assert len(trained) == 3  # the spy was there: 2 sweep rates and the template, each with a test split at hand
     assert all("score_test_once" in who and "train_trial" not in who for who in reads), set(reads)

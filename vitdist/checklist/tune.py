@@ -37,7 +37,7 @@ from ..config import TrainConfig, UserError, from_dict, to_dict
 from .trials import is_main, say, sweep_folder, train_trial
 from .tune_budget import agree, check_budget, template_fits
 from .tune_record import log_decisions, plot_tune, tune_markdown
-from .tune_rule import NOISE_Z, fix_schedule, keep_or_revert, say_resolution
+from .tune_rule import NOISE_Z, confirm, fix_schedule, keep_or_revert, say_resolution
 
 # Advice a fixed-length trial cannot take: a longer run (trials compare at the same epochs), the overfit check
 # (step 1 ran it), a precision change (speed, not accuracy).
@@ -75,6 +75,9 @@ class TuneArgs:
     """Seeds per arm: the template, the baseline and each change train on seeds --seed, --seed + 1, ... (each
     redrawing the validation hold-out where the data has no fixed split), and a change is judged on the paired
     differences, seed by seed: kept when their mean beats both their own spread and the binomial band."""
+    confirm_seeds: int = 3
+    """At the end, the template and the winner each train on this many fresh seeds, never used during the tune
+    (each redrawing the hold-out): their mean and standard deviation are the tune's headline (0: skip)."""
     final_epochs: Optional[int] = None
     """Epochs of the final run of the best config; default --epochs: the best trial itself is the final run."""
     # --resume auto (train's own flag) continues the tune in --tune-dir: finished trials are read back, not rerun.
@@ -109,6 +112,7 @@ class Tuner:
         self.done: dict[str, dict] = {}  # a resumed tune's finished trials, by name
         self.sweep: Optional[dict] = None
         self.sweep_minutes = 0.0  # the sweep's wall time, where it ran in this process (not read back)
+        self.reserve: Optional[TrainConfig] = None  # the template, whose confirmation at the end is budgeted for
         self.resuming = args.train.resume is not None
         if self.resuming and (self.dir / "tune.json").is_file():
             old = json.loads((self.dir / "tune.json").read_text())
@@ -122,8 +126,9 @@ class Tuner:
         return (len(self.sweep["runs"]) if self.sweep else 0) + sum(len(t.accs) or 1 for t in self.trials)
 
     def trials_left(self) -> int:
-        """Arms the trial budget still holds (an arm: one config on every seed)."""
-        return (self.args.budget_trials - self.trainings()) // self.args.seeds
+        """Arms the trial budget still holds (an arm: one config on every seed), the confirmation kept aside."""
+        kept = 2 * self.args.confirm_seeds if self.reserve is not None else 0
+        return (self.args.budget_trials - self.trainings() - kept) // self.args.seeds
 
     def expected_minutes(self, cfg: TrainConfig) -> float:
         """A trial's likely length on all its seeds: the trainings so far, in seconds per (FLOP of an image x
@@ -141,7 +146,9 @@ class Tuner:
 
     def fits(self, cfg: TrainConfig) -> bool:
         """Whether a trial of cfg likely ends within the time budget (rank 0's clock decides for all)."""
-        return agree(self.expected_minutes(cfg) <= self.minutes_left())
+        kept = (self.expected_minutes(self.reserve) / self.args.seeds * 2 * self.args.confirm_seeds
+                if self.reserve is not None else 0.0)  # the confirmation at the end
+        return agree(self.expected_minutes(cfg) + kept <= self.minutes_left())
 
     def decide(self, step: str, what: str, numbers: dict, result: str, why: str) -> None:
         self.decisions.append({"step": step, "what": what, **numbers, "result": result, "why": why})
@@ -161,9 +168,10 @@ class Tuner:
 
     # --- trials
 
-    def run(self, name: str, what: str, flags: str, cfg: TrainConfig) -> Trial:
-        """One arm: cfg trained on each of the tune's seeds (NAME/ with one seed, NAME/seed_S/ with several)."""
-        seeds = [cfg.seed + k for k in range(self.args.seeds)]
+    def run(self, name: str, what: str, flags: str, cfg: TrainConfig, seeds: Optional[list] = None) -> Trial:
+        """One arm: cfg trained on each of the tune's seeds, or those given (NAME/ with one seed, NAME/seed_S/
+        with several)."""
+        seeds = seeds or [cfg.seed + k for k in range(self.args.seeds)]
         folder = self.dir / name
         folders = [folder] if len(seeds) == 1 else [folder / f"seed_{seed}" for seed in seeds]
         cfg = replace(cfg, run_dir=str(folder), resume=None)
@@ -208,7 +216,7 @@ def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, 
 
 
 # What a tune leaves in its folder: a new tune there refuses it (or deletes it with --overwrite).
-TUNE_FILES = ["tune.json", "tune.md", "tune.png", "trial_*", "final", "sweep-lr", "wandb"]
+TUNE_FILES = ["tune.json", "tune.md", "tune.png", "trial_*", "confirm_*", "final", "sweep-lr", "wandb"]
 
 
 def tune(args: TuneArgs) -> dict:
@@ -260,6 +268,7 @@ def _tune(args: TuneArgs) -> dict:
     ref = t.run("trial_000", "the template" + (", its warmup fixed" if template != given else ", as given"),
                 changed_flags(given, template), template)
     best = ref
+    t.reserve = template  # from here, the trials leave room for the confirmation at the end
     say_resolution(t, ref)
     base_cfg = replace(template, optim=replace(template.optim, lr=lr, min_lr=min(template.optim.min_lr, lr)))
     changes = [f"lr {lr:g}"] if lr != template.optim.lr else []
@@ -275,9 +284,12 @@ def _tune(args: TuneArgs) -> dict:
     final = best
     if args.final_epochs and args.final_epochs != best_cfg.epochs:
         final = t.run("final", f"the best config ({best.name}) for {args.final_epochs} epochs", "",
-                      replace(best_cfg, epochs=args.final_epochs))
+                      replace(best_cfg, epochs=args.final_epochs), seeds=[best_cfg.seed])  # one run, to keep
     test = score_test_once(final.run_dir)
-    summary = {"best_trial": best.name, "best_val_acc": best.best_val_acc, "template_val_acc": ref.best_val_acc,
+    t.reserve = None
+    confirmed = confirm(t, template, best_cfg, best.name)
+    summary = {"confirmed": confirmed,
+               "best_trial": best.name, "best_val_acc": best.best_val_acc, "template_val_acc": ref.best_val_acc,
                "gain": (best.best_val_acc or 0) - (ref.best_val_acc or 0), "final_run": final.run_dir,
                "final_val_acc": final.best_val_acc, "test": test,
                "best_flags": changed_flags(given, best_cfg)}

@@ -10,17 +10,22 @@ from ..config import TrainConfig, UserError
 
 def check_budget(args) -> None:
     """The budget counts every training the tune starts: a budget (of tune.TuneArgs) too small for the plan (the
-    sweep's rates and the template on every seed) is refused at start, with the smallest that fits."""
-    if args.seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    sweep's rates, the template on every seed, the confirmation on fresh seeds) is refused at start, with the
+    smallest that fits."""
+    if args.seeds < 1 or args.confirm_seeds < 0:
+        raise UserError(f"--seeds must be >= 1 and --confirm-seeds >= 0, got {args.seeds} and {args.confirm_seeds}")
     rates = len(set(args.lrs))
-    plan = rates + args.seeds
+    plan = rates + args.seeds + 2 * args.confirm_seeds
     if args.budget_trials < plan:
-        template = "the template" if args.seeds == 1 else f"the template on {args.seeds} seeds"
-        raise UserError(f"--budget-trials {args.budget_trials} does not cover the tune's plan: the sweep's "
-                        f"{rates} rates and {template} are {plan} trainings before any change is tried: give "
-                        f"--budget-trials {plan} or more (each {args.seeds} above {plan} try a change), or fewer "
-                        f"--lrs" + (" or --seeds" if args.seeds > 1 else ""))
+        parts = [f"the sweep's {rates} rates", "the template" if args.seeds == 1 else
+                 f"the template on {args.seeds} seeds"]
+        if args.confirm_seeds:
+            parts.append(f"the template and the winner on {args.confirm_seeds} fresh seeds at the end")
+        raise UserError(f"--budget-trials {args.budget_trials} does not cover the tune's plan: "
+                        f"{', '.join(parts[:-1])} and {parts[-1]} are {plan} trainings before any change is tried: "
+                        f"give --budget-trials {plan} or more (each {args.seeds} above {plan} try a change), or "
+                        f"fewer --lrs" + (" or --seeds" if args.seeds > 1 else "")
+                        + (" or --confirm-seeds" if args.confirm_seeds else ""))
     if not (math.isfinite(args.budget_minutes) and args.budget_minutes >= 0):
         raise UserError(f"--budget-minutes must be a number of minutes >= 0 (0: no time limit), got "
                         f"{args.budget_minutes:g}")
@@ -43,11 +48,13 @@ def template_fits(t, template: TrainConfig) -> bool:
     trials took t.sweep_minutes, at --sweep-epochs each). If not, the tune stops here and says what would do."""
     runs = max(len(t.sweep["runs"]), 1)
     expected = t.sweep_minutes / runs * template.epochs / t.args.sweep_epochs * t.args.seeds
-    if agree(expected <= t.minutes_left()):
+    confirming = expected / t.args.seeds * 2 * t.args.confirm_seeds  # kept for the end
+    if agree(expected + confirming <= t.minutes_left()):
         return True
     spent = t.args.budget_minutes - t.minutes_left()
     t.decide("budget", "the template", {"minutes_spent": spent, "template_minutes": expected}, "stop",
              f"the time budget is spent: the check and the sweep took {spent:.1f} min, and the template alone "
-             f"would take about {expected:.1f} more: give --budget-minutes {math.ceil(spent + 3 * expected)} or "
+             f"would take about {expected:.1f} more (and {confirming:.1f} the confirmation at the end): give "
+             f"--budget-minutes {math.ceil(spent + 3 * expected + confirming)} or "
              f"more (the template, a baseline and one change), or fewer --lrs or --sweep-epochs")
     return False

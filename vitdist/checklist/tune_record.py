@@ -29,6 +29,13 @@ def log_decisions(record: dict, template: TrainConfig) -> None:
 def tune_markdown(record: dict) -> str:
     lines = ["# vitdist tune", ""]
     s = record.get("summary")
+    c = (s or {}).get("confirmed")
+    if c and c.get("gain") is not None:  # the headline: fresh seeds, not the tune's own best
+        lines += [f"**Confirmed on {len(c['seeds'])} fresh seeds** (never used during the tune; each redraws the "
+                  f"hold-out): tuned {c['best']['mean']:.4f} ± {c['best']['std']:.4f} against the template's "
+                  f"{c['template']['mean']:.4f} ± {c['template']['std']:.4f}: **{c['gain']:+.4f}**. Per seed "
+                  f"({', '.join(map(str, c['seeds']))}): tuned {', '.join(f'{a:.4f}' for a in c['best']['accs'])}; "
+                  f"template {', '.join(f'{a:.4f}' for a in c['template']['accs'])}.", ""]
     if s:
         test = f"{s['test']['accuracy']:.4f}" if s.get("test") else "no test split"
         lines += [f"Best: **{s['best_trial']}**, validation accuracy {s['best_val_acc']:.4f} against the template's "
@@ -53,6 +60,7 @@ def plot_tune(record: dict, out: Path) -> Path:
     """Best validation accuracy so far against the trial number, each trial's own as a dot."""
     from .plots import plot_best_so_far
 
-    accs = [t["best_val_acc"] for t in record["trials"]]
-    return plot_best_so_far(accs, [t["name"] for t in record["trials"]], out,
+    trials = [t for t in record["trials"] if not t["name"].startswith("confirm_")]  # the search, not its check
+    accs = [t["best_val_acc"] for t in trials]
+    return plot_best_so_far(accs, [t["name"] for t in trials], out,
                             f"vitdist tune: best validation accuracy so far ({len(accs)} trials)")

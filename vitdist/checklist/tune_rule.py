@@ -2,7 +2,8 @@
 kept only when it beats the best so far by more than it (`keep_or_revert`; with several seeds, by the mean of the
 paired differences, against the larger of their own spread and the binomial band), and how large a gain the validation
 split can resolve, said before anything is compared (`say_resolution`), as a schedule that spends a trial
-warming up is fixed first (`fix_schedule`)."""
+warming up is fixed first (`fix_schedule`). At the end, the winner and the template on fresh seeds: the headline
+(`confirm`)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,32 @@ def keep_or_revert(t, step: str, trial, best, cfg: TrainConfig, best_cfg: TrainC
              f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}{over}: {gain:+.4f} is within noise {margin:.4f}"
              if gain > 0 else f"val {trial.best_val_acc:.4f} vs {best.best_val_acc:.4f}{over}: {gain:+.4f}, no better")
     return best, best_cfg
+
+
+def confirm(t, template: TrainConfig, best_cfg: TrainConfig, best_name: str) -> dict | None:
+    """The headline: the template and the winner each trained on --confirm-seeds fresh seeds, never used during the
+    tune (each redrawing the hold-out), as mean and standard deviation. Runs on the tune.Tuner t; None if skipped."""
+    k = t.args.confirm_seeds
+    if k <= 0:
+        return None
+    fresh = [template.seed + t.args.seeds + i for i in range(k)]  # the tune trained on seed .. seed + seeds - 1
+    out: dict = {"seeds": fresh}
+    arms = {"template": (template, "the template")}
+    if best_cfg != template:
+        arms["best"] = (best_cfg, f"the winner ({best_name})")
+    for role, (cfg, what) in arms.items():
+        trial = t.run(f"confirm_{role}", f"{what} on {k} fresh seeds", "", cfg, seeds=fresh)
+        if trial.best_val_acc is None:
+            out[role] = {"accs": trial.accs, "error": trial.error}
+            continue
+        std = math.sqrt(sum((a - trial.best_val_acc) ** 2 for a in trial.accs) / (k - 1)) if k > 1 else 0.0
+        out[role] = {"accs": trial.accs, "mean": trial.best_val_acc, "std": std}
+    out.setdefault("best", out["template"])  # nothing was kept: the winner is the template
+    a, b = out["template"].get("mean"), out["best"].get("mean")
+    out["gain"] = b - a if a is not None and b is not None else None
+    t.decide("confirm", f"{k} fresh seeds ({', '.join(map(str, fresh))})", {"confirmed": out},
+             "done" if out["gain"] is not None else "failed",
+             f"tuned {b:.4f} +- {out['best']['std']:.4f} against the template's {a:.4f} +- "
+             f"{out['template']['std']:.4f}: {out['gain']:+.4f}" if out["gain"] is not None else
+             "a confirmation run diverged: no headline")
+    return out
