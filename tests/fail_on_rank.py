@@ -8,7 +8,8 @@ signals there instead, as Ctrl-C, SLURM's preemption notice, and an impatient se
 elastic launcher (--max_restarts), only the first attempt fails. "late-record" has rank FAIL_RANK
 write results.json a second late, and every rank read it once train() returns. "slow-decode" makes every image
 take 30 ms to decode (nothing fails: a signal is sent from outside). "late-start" has rank FAIL_RANK start
-FAIL_STEP seconds after the others, as a slow node would (nothing fails). FAIL_MAIN names another command's module
+FAIL_STEP seconds after the others, as a slow node would (nothing fails). REPORT_GROUP=1 prints, once the command
+returns, whether it left its process group up. FAIL_MAIN names another command's module
 (vitdist.checklist.sweep, vitdist.checklist.tune): its trials' steps count as one sequence, so a signal lands
 inside a chosen trial."""
 
@@ -95,4 +96,9 @@ elif fail_with == "slow-decode":  # each image takes 30 ms to decode: time to pr
     data_mod.decode = slow_decode
 else:
     VisionTransformer.forward = forward
-sys.exit(importlib.import_module(os.environ.get("FAIL_MAIN", "vitdist.train")).main(sys.argv[1:]))
+code = importlib.import_module(os.environ.get("FAIL_MAIN", "vitdist.train")).main(sys.argv[1:])
+if os.environ.get("REPORT_GROUP"):  # whether the command tore its process group down before returning
+    import torch.distributed
+
+    print(f"rank {rank}: process group left up: {torch.distributed.is_initialized()}", flush=True)
+sys.exit(code)

@@ -630,6 +630,12 @@ MUTANTS = [
            "        kept = 2 * self.args.confirm_seeds if self.reserve is not None else 0\n",
            "        kept = 0\n",
            ("tests/test_tune.py::test_the_headline_is_the_winner_against_the_template_on_fresh_seeds",)),
+    Mutant("eval-group-left-to-the-interpreter", "every rank ends in order", "vitdist/after/evaluate.py",
+           "    end_process_group()  # in order, every rank together (accelerate launch -m vitdist.evaluate)\n", "",
+           ("tests/test_after_training.py::test_eval_on_two_processes_counts_every_sample_once",)),
+    Mutant("tune-group-left-to-the-interpreter", "every rank ends in order", "vitdist/checklist/trials.py",
+           "    end_process_group()  # the trials leave it up for the next;", "    pass  #",
+           ("tests/test_tune.py::test_two_processes_run_each_trial_together",)),
 ]
 
 

@@ -220,12 +220,16 @@ def test_two_processes_run_each_trial_together(tmp_path):
                              "--confirm-seeds", "0",
                              num_processes=2,
                              timeout=600, env_extra={"FAIL_MAIN": "vitdist.checklist.tune", "FAIL_RANK": "1",
-                                                     "FAIL_STEP": "3", "FAIL_WITH": "late-start"})
+                                                     "FAIL_STEP": "3", "FAIL_WITH": "late-start",
+                                                     "REPORT_GROUP": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert len(record["trials"]) == 2 and record["summary"]["best_val_acc"] is not None
     assert proc.stdout.count("; DDP;") == 1 + 2  # the sweep's rate and the two trials, each said once (rank 0)
     assert proc.stdout.count("tune: final:") == 1
+    # the group torn down in order on both ranks before they exit, not by the interpreter's teardown
+    assert "rank 0: process group left up: False" in proc.stdout
+    assert "rank 1: process group left up: False" in proc.stdout
 
 
 # --- issue 19, also seen: the budget counts every training; the schedule and the resolution come first

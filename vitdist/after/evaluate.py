@@ -101,6 +101,7 @@ def evaluate_run(args: EvalArgs) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from ..console import exit_on_user_error
+    from ..train.processes import end_process_group
 
     argv = sys.argv[1:] if argv is None else argv
     description = ("Score a run's saved model on a split of its data: loss, accuracy, top-5, per-class accuracy "
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         args = tyro.cli(EvalArgs, args=argv, prog="vitdist eval", description=description,
                         default=replace(EvalArgs(run_dir=args.run_dir), data=saved.data))
         evaluate_run(args)
+    end_process_group()  # in order, every rank together (accelerate launch -m vitdist.evaluate)
     return 0
 
 

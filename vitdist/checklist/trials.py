@@ -112,12 +112,16 @@ def run_interruptible(work, command: str, argv: list[str], then: str | None = No
     from ..stopping import STOP, Interrupted
     from ..train.command import stopped_line
 
+    from ..train.processes import end_process_group
+
     try:
         with STOP.installed(then):
-            return work() or 0
+            code = work() or 0
     except Interrupted as e:
         say(stopped_line(e, continue_command(command, argv), f"{command} {shlex.join(argv)}"), file=sys.stderr)
         return e.exit_code
+    end_process_group()  # the trials leave it up for the next; at the end, torn down in order on every rank
+    return code
 
 
 def smooth(values: list[float], beta: float, start: float | None = None) -> list[float]:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
         finally:
             if torch.distributed.is_initialized():  # train() leaves it up for a next run in the same processes
-                torch.distributed.destroy_process_group()
+                torch.distributed.destroy_process_group()  # not end_process_group: a failed rank reaches no barrier
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         exit_now(code)
     return code
