@@ -8,6 +8,7 @@ warming up is fixed first (`fix_schedule`). At the end, the winner and the templ
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import replace
 
 from ..config import TrainConfig
@@ -57,7 +58,7 @@ def say_resolution(t, ref) -> None:
            f"difference at the template's {ref.best_val_acc:.3f}, on {ref.num_val} validation images"
            + (f", averaged over {seeds} seeds)" if seeds > 1 else ")"))
     if seeds > 1:
-        spread = math.sqrt(sum((a - ref.best_val_acc) ** 2 for a in ref.accs) / (seeds - 1))
+        spread = statistics.stdev(ref.accs)
         numbers["template_seed_std"] = spread
         why += (f" and more than its paired differences' own spread; the template's accuracy moved {spread:.3f} "
                 f"(standard deviation) between seeds")
@@ -82,7 +83,7 @@ def keep_or_revert(t, step: str, trial, best, cfg: TrainConfig, best_cfg: TrainC
     if seeds > 1 and len(best.accs) == seeds:  # paired seed by seed: the same seeds, the same hold-outs
         diffs = [a - b for a, b in zip(trial.accs, best.accs)]
         gain = sum(diffs) / seeds
-        spread = math.sqrt(sum((d - gain) ** 2 for d in diffs) / (seeds - 1))
+        spread = statistics.stdev(diffs)
         measured = paired_z(seeds) * spread / math.sqrt(seeds)  # the paired differences' own noise
         binomial = noise(trial.best_val_acc, best.best_val_acc, n) / math.sqrt(seeds)
         margin = max(measured, binomial)
@@ -120,7 +121,7 @@ def confirm(t, template: TrainConfig, best_cfg: TrainConfig, best_name: str) -> 
         if trial.best_val_acc is None:
             out[role] = {"accs": trial.accs, "error": trial.error}
             continue
-        std = math.sqrt(sum((a - trial.best_val_acc) ** 2 for a in trial.accs) / (k - 1)) if k > 1 else 0.0
+        std = statistics.stdev(trial.accs) if k > 1 else 0.0
         out[role] = {"accs": trial.accs, "mean": trial.best_val_acc, "std": std}
     out.setdefault("best", out["template"])  # nothing was kept: the winner is the template
     a, b = out["template"].get("mean"), out["best"].get("mean")
