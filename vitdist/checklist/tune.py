@@ -22,22 +22,26 @@ launch`, all ranks run each trial together (rank 0 alone writes the records).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
+import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import tyro
 
-from ..config import TrainConfig, UserError, from_dict, to_dict
+from ..config import TrainConfig, UserError
 from .trials import is_main, say, sweep_folder, train_trial
+from .tune_record import Arm, Trial
+from .tuner import Tuner
 from .tune_budget import agree, check_budget, template_fits
-from .tune_record import log_decisions, plot_tune, tune_markdown
-from .tune_rule import NOISE_Z, confirm, fix_schedule, keep_or_revert, say_resolution
+from .tune_record import log_decisions, plot_isolation, plot_tune, tune_markdown
+from .nuisance import retune
+from .tune_rule import confirm, fix_schedule, keep_or_revert, say_resolution
 
 # Advice a fixed-length trial cannot take: a longer run (trials compare at the same epochs), the overfit check
 # (step 1 ran it), a precision change (speed, not accuracy).
@@ -80,125 +84,37 @@ class TuneArgs:
     (each redrawing the hold-out): their mean and standard deviation are the tune's headline (0: skip)."""
     final_epochs: Optional[int] = None
     """Epochs of the final run of the best config; default --epochs: the best trial itself is the final run."""
+    nuisance_trials: int = 4
+    """Before a change to the scientific side (the model, the data and its augmentation) is judged, the rate is
+    re-tuned for it by this many quasi-random points (Optuna's QMC sampler, one seed each, prunable; the first is
+    the rate as it is): from 4 the weight decay too, from 8 the warmup. 0: judged at the best config's rate."""
+    workers: int = 0
+    """Trainings at once on this machine: this process and workers - 1 more (0: one per GPU, times
+    --trials-per-gpu; on a CPU, 1). On a CPU the cores are split between them. Another machine joins with the
+    same command and the same --storage."""
+    trials_per_gpu: int = 1
+    """With --workers 0 on GPUs: trainings packed on each GPU (small ViTs leave most of one idle)."""
+    storage: Optional[str] = None
+    """The Optuna study's storage: default a SQLite file in --tune-dir (study.db); a database URL
+    (postgresql://user@host/db, mysql://...) or journal:PATH (a file on a shared filesystem) for workers on
+    other machines."""
+    study_name: Optional[str] = None
+    """The study's name in --storage (default vitdist-NAME, NAME the tune folder's)."""
+    pruner: Literal["successive-halving", "hyperband", "none"] = "successive-halving"
+    """Stops a nuisance search's point far behind the study's trainings at the same epoch (rungs at epochs 1, 3,
+    9: each keeps the best third). The seeds of an arm being judged are never pruned."""
+    heartbeat_seconds: float = 10.0
+    """A worker beats this often while it trains; one silent for 3 beats is taken for dead and its training is
+    run again by a live worker, from its last checkpoint."""
+    dashboard: bool = False
+    """Serve the study with optuna-dashboard while the tune runs (http://127.0.0.1:--dashboard-port)."""
+    dashboard_port: int = 8080
     # --resume auto (train's own flag) continues the tune in --tune-dir: finished trials are read back, not rerun.
-
-
-@dataclass
-class Trial:
-    name: str
-    what: str  # the change, in words
-    flags: str  # the change, as flags on top of the parent config ("" for the template)
-    config: dict
-    run_dir: str
-    best_val_acc: Optional[float] = None
-    num_val: int = 0
-    seconds: float = 0.0
-    error: Optional[str] = None
-    seeds: list = field(default_factory=list)  # the seeds it trained on, paired with every other arm's
-    accs: list = field(default_factory=list)  # each seed's best validation accuracy (best_val_acc: their mean)
 
 
 def apply_flags(cfg: TrainConfig, flags: str) -> TrainConfig:
     """cfg with flags parsed on top, exactly as `vitdist train` would parse them."""
     return tyro.cli(TrainConfig, default=cfg, args=shlex.split(flags)) if flags else cfg
-
-
-class Tuner:
-    def __init__(self, args: TuneArgs):
-        self.args, self.dir = args, Path(args.tune_dir)
-        self.t0 = time.perf_counter()
-        self.trials: list[Trial] = []
-        self.decisions: list[dict] = []
-        self.done: dict[str, dict] = {}  # a resumed tune's finished trials, by name
-        self.sweep: Optional[dict] = None
-        self.sweep_minutes = 0.0  # the sweep's wall time, where it ran in this process (not read back)
-        self.reserve: Optional[TrainConfig] = None  # the template, whose confirmation at the end is budgeted for
-        self.resuming = args.train.resume is not None
-        if self.resuming and (self.dir / "tune.json").is_file():
-            old = json.loads((self.dir / "tune.json").read_text())
-            self.done = {t["name"]: t for t in old["trials"] if t["best_val_acc"] is not None or t["error"]}
-            self.sweep = old.get("sweep")
-
-    # --- budget and records
-
-    def trainings(self) -> int:
-        """Every training the tune has started: the sweep's rates, and each trial's seeds."""
-        return (len(self.sweep["runs"]) if self.sweep else 0) + sum(len(t.accs) or 1 for t in self.trials)
-
-    def trials_left(self) -> int:
-        """Arms the trial budget still holds (an arm: one config on every seed), the confirmation kept aside."""
-        kept = 2 * self.args.confirm_seeds if self.reserve is not None else 0
-        return (self.args.budget_trials - self.trainings() - kept) // self.args.seeds
-
-    def expected_minutes(self, cfg: TrainConfig) -> float:
-        """A trial's likely length on all its seeds: the trainings so far, in seconds per (FLOP of an image x
-        epoch), scaled to cfg's model and epochs; a wider or deeper model costs what its FLOPs say."""
-        from ..flops import train_flops_per_image
-
-        cost = lambda c: train_flops_per_image(c.model, 10) * c.epochs  # noqa: E731 - the class count barely moves it
-        ran = [t.seconds / (len(t.accs) or 1) / cost(from_dict(t.config)) for t in self.trials if t.seconds > 0]
-        return (sum(ran) / len(ran) * cost(cfg) * self.args.seeds / 60) if ran else 0.0
-
-    def minutes_left(self) -> float:
-        if self.args.budget_minutes <= 0:
-            return math.inf
-        return self.args.budget_minutes - (time.perf_counter() - self.t0) / 60
-
-    def fits(self, cfg: TrainConfig) -> bool:
-        """Whether a trial of cfg likely ends within the time budget (rank 0's clock decides for all)."""
-        kept = (self.expected_minutes(self.reserve) / self.args.seeds * 2 * self.args.confirm_seeds
-                if self.reserve is not None else 0.0)  # the confirmation at the end
-        return agree(self.expected_minutes(cfg) + kept <= self.minutes_left())
-
-    def decide(self, step: str, what: str, numbers: dict, result: str, why: str) -> None:
-        self.decisions.append({"step": step, "what": what, **numbers, "result": result, "why": why})
-        say(f"tune: {step}: {what}: {result}: {why}")
-        self.write()
-
-    def write(self) -> None:
-        if not is_main():
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        record = {"tune_dir": str(self.dir), "template": to_dict(self.args.train), "noise_z": NOISE_Z,
-                  "sweep": self.sweep,
-                  "trials": [t.__dict__ for t in self.trials], "decisions": self.decisions,
-                  "minutes": (time.perf_counter() - self.t0) / 60}
-        (self.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
-        (self.dir / "tune.md").write_text(tune_markdown(record))
-
-    # --- trials
-
-    def run(self, name: str, what: str, flags: str, cfg: TrainConfig, seeds: Optional[list] = None) -> Trial:
-        """One arm: cfg trained on each of the tune's seeds, or those given (NAME/ with one seed, NAME/seed_S/
-        with several)."""
-        seeds = seeds or [cfg.seed + k for k in range(self.args.seeds)]
-        folder = self.dir / name
-        folders = [folder] if len(seeds) == 1 else [folder / f"seed_{seed}" for seed in seeds]
-        cfg = replace(cfg, run_dir=str(folder), resume=None)
-        trial = Trial(name, what, flags, json.loads(json.dumps(to_dict(cfg))), str(folders[0]),  # as tune.json holds it
-                      seeds=seeds)
-        old = self.done.get(name)
-        if old is not None and old["config"] == trial.config and old.get("seeds", seeds) == seeds:  # finished before
-            trial = Trial(**old)
-            say(f"\n=== tune {name}: {what}: read back (val acc {trial.best_val_acc})")
-        else:
-            say(f"\n=== tune {name}: {what} -> {folder}" + (f" (seeds {', '.join(map(str, seeds))})"
-                                                             if len(seeds) > 1 else ""))
-            start = time.perf_counter()
-            for seed, run_dir in zip(seeds, folders):
-                # Resumed: a run interrupted mid-run (Ctrl-C, SIGTERM: it saved a checkpoint) continues from there.
-                results, trial.error = train_trial(replace(cfg, seed=seed, run_dir=str(run_dir)),
-                                                   resume=self.resuming)
-                trial.accs.append(results["best_val_acc"] if results is not None else None)
-                if results is None:
-                    break  # a diverged arm is reverted whatever its other seeds would say
-                trial.num_val = trial.num_val or json.loads((run_dir / "data.json").read_text())["num_val"]
-            trial.seconds = time.perf_counter() - start
-            if trial.error is None:
-                trial.best_val_acc = sum(trial.accs) / len(trial.accs)
-        self.trials.append(trial)
-        self.write()
-        return trial
 
 
 def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, str, str]]:
@@ -216,21 +132,104 @@ def candidates(diagnosis, cfg: TrainConfig, tried: set[str]) -> list[tuple[str, 
 
 
 # What a tune leaves in its folder: a new tune there refuses it (or deletes it with --overwrite).
-TUNE_FILES = ["tune.json", "tune.md", "tune.png", "trial_*", "confirm_*", "final", "sweep-lr", "wandb"]
+TUNE_FILES = ["tune.json", "tune.md", "tune.png", "tune-isolation.png", "study.db", "workers", "trial_*", "confirm_*",
+              "final", "sweep-lr", "wandb"]
 
 
 def tune(args: TuneArgs) -> dict:
-    """The tune, holding its folder (one tune per folder) from start to end."""
+    """The tune, holding its folder (one tune per folder) from start to end; or, where a tune of this study is
+    running already (another machine's, with the same --storage), this process's workers join it."""
+    from .study import TuneStudy, delete_study, storage_url
+
     check_budget(args)
-    with sweep_folder(Path(args.tune_dir), "--tune-dir", TUNE_FILES, args.train, what="tune"):
-        return _tune(args)
+    workers = count_workers(args)
+    folder = Path(args.tune_dir)
+    url = storage_url(args.storage, folder)
+    name = args.study_name or f"vitdist-{folder.resolve().name}"
+    if is_main() and joinable(url, name, args):
+        study = TuneStudy(url, name)
+        study = TuneStudy(url, name, **study.storage.get_study_user_attrs(study.id).get("settings", {}))
+        from .worker import join, start_workers
+
+        with start_workers(study, workers, folder / "workers", ending=False):
+            join(study, lambda c, resume=False: train_trial(c, resume))
+        return {"joined": name}
+    with sweep_folder(folder, "--tune-dir", TUNE_FILES, args.train, what="tune"):
+        study = None
+        if is_main():
+            if args.storage and args.train.overwrite and args.train.resume is None:
+                delete_study(url, name)  # the study of the tune --overwrite deletes (study.db went with the folder)
+            study = TuneStudy(url, name, args.heartbeat_seconds, args.pruner, args.train.epochs)
+        settings = {"heartbeat_s": args.heartbeat_seconds, "pruner": args.pruner, "max_epochs": args.train.epochs}
+        with (study.coordinating(settings) if study else contextlib.nullcontext()), dashboard(args, url):
+            return _tune(args, study, workers)
 
 
-def _tune(args: TuneArgs) -> dict:
+def count_workers(args: TuneArgs) -> int:
+    """Trainings at once on this machine: --workers, or one per GPU (times --trials-per-gpu), or 1 on a CPU.
+    Under accelerate launch every rank runs each training together: one at a time."""
+    import torch
+
+    if args.workers < 0 or args.trials_per_gpu < 1 or args.nuisance_trials < 0 or args.heartbeat_seconds <= 0:
+        raise UserError(f"--workers must be >= 0, --trials-per-gpu >= 1, --nuisance-trials >= 0 and "
+                        f"--heartbeat-seconds > 0; got {args.workers}, {args.trials_per_gpu}, {args.nuisance_trials} "
+                        f"and {args.heartbeat_seconds:g}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.workers > 1:
+            raise UserError(f"--workers {args.workers} under accelerate launch: there, every process runs each "
+                            f"training together; run `vitdist tune --workers {args.workers}` without the launcher "
+                            f"to train {args.workers} trials at once")
+        return 1
+    if args.workers:
+        return args.workers
+    return torch.cuda.device_count() * args.trials_per_gpu if torch.cuda.is_available() else 1
+
+
+def joinable(url: str, name: str, args: TuneArgs) -> bool:
+    """Whether a tune of this study is running now, coordinated by another process (here: one that is alive)."""
+    import socket
+
+    from .study import STUDY_FILE, TuneStudy
+
+    if args.storage is None and not (Path(args.tune_dir) / STUDY_FILE).is_file():
+        return False
+    try:
+        study = TuneStudy(url, name)
+    except Exception:  # not a study of ours (an older tune folder): the folder check says what it is
+        return False
+    if not study.running():
+        return False
+    host, _, pid = study.coordinator().get("by", "").rpartition(":")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except (OSError, ValueError):
+            return False  # its coordinator on this machine is gone: the tune is to be resumed, not joined
+    return True
+
+
+@contextlib.contextmanager
+def dashboard(args: TuneArgs, url: str):
+    """With --dashboard, optuna-dashboard serving the study for the block (rank 0)."""
+    if not (args.dashboard and is_main()):
+        yield
+        return
+    from .study import serve_dashboard
+
+    server = serve_dashboard(url, args.dashboard_port)
+    say(f"tune: the study's dashboard: http://127.0.0.1:{args.dashboard_port}/ (while the tune runs; after it: "
+        f"optuna-dashboard {url})")
+    try:
+        yield
+    finally:
+        server.shutdown()
+
+
+def _tune(args: TuneArgs, study, workers: int) -> dict:
     from .checks import run_checks
     from .sweep import sweep_lr
 
-    t = Tuner(args)
+    t = Tuner(args, study, workers, lambda c, resume=False: train_trial(c, resume))  # looked up at each call
     given = template = replace(args.train, resume=None)
     if template.log.wandb and template.log.wandb_group is None:  # the trials side by side in W&B
         given = template = replace(template, log=replace(template.log, wandb_group=f"tune-{t.dir.resolve().name}"))
@@ -263,7 +262,16 @@ def _tune(args: TuneArgs) -> dict:
 
     if swept_now and not template_fits(t, template):
         return {"failed": ["budget"]}
+    from .worker import start_workers
 
+    with start_workers(study, workers, t.dir / "workers") if is_main() else contextlib.nullcontext():
+        return search(t, given, template, lr)
+
+
+def search(t: Tuner, given: TrainConfig, template: TrainConfig, lr: float) -> dict:
+    """Steps 3-5, with the workers: the template and the baseline, one change at a time, the final run, the
+    confirmation on fresh seeds. Returns the summary."""
+    args = t.args
     # 3. the template, then the baseline at the swept rate
     ref = t.run("trial_000", "the template" + (", its warmup fixed" if template != given else ", as given"),
                 changed_flags(given, template), template)
@@ -283,8 +291,9 @@ def _tune(args: TuneArgs) -> dict:
     # 5. the best config, its final run, and the test split scored once
     final = best
     if args.final_epochs and args.final_epochs != best_cfg.epochs:
-        final = t.run("final", f"the best config ({best.name}) for {args.final_epochs} epochs", "",
-                      replace(best_cfg, epochs=args.final_epochs), seeds=[best_cfg.seed])  # one run, to keep
+        final = t.run_many([Arm("final", f"the best config ({best.name}) for {args.final_epochs} epochs", "",
+                                replace(best_cfg, epochs=args.final_epochs), seeds=[best_cfg.seed],  # one run, kept
+                                kind="final")])[0]
     test = score_test_once(final.run_dir)
     t.reserve = None
     confirmed = confirm(t, template, best_cfg, best.name)
@@ -302,6 +311,7 @@ def _tune(args: TuneArgs) -> dict:
         (t.dir / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
         (t.dir / "tune.md").write_text(tune_markdown(record))
         plot_tune(record, t.dir / "tune.png")
+        plot_isolation(record, t.dir / "tune-isolation.png")
         if template.log.wandb:
             log_decisions(record, template)
         say(f"tune: best {best.name} (val {best.best_val_acc:.4f}, template {ref.best_val_acc:.4f}); flags: "
@@ -334,11 +344,15 @@ def change_one_thing_at_a_time(t: Tuner, best: Trial, best_cfg: TrainConfig) -> 
             t.decide(step, what, {"flags": flags}, "skipped", f"it would likely take {t.expected_minutes(cfg):.1f} "
                                                              f"min and {t.minutes_left():.1f} are left")
             continue
-        trial = t.run(f"trial_{len(t.trials):03d}", what, flags, cfg)
+        name = f"trial_{sum(x.kind == 'arm' for x in t.trials):03d}"
+        cfg = retune(t, name, what, cfg, best_cfg)  # a scientific change: at its own best rate
+        trial = t.run(name, what, flags, cfg)
         best, best_cfg = keep_or_revert(t, step, trial, best, cfg, best_cfg)
     else:
         swept = len(t.sweep["runs"]) if t.sweep else 0
-        t.decide("budget", f"{t.trainings()} trainings ({swept} sweep rates, {len(t.trials)} trials)", {},
+        searched = sum(x.kind == "nuisance" for x in t.trials)
+        t.decide("budget", f"{t.trainings()} trainings ({swept} sweep rates, {len(t.trials) - searched} trials"
+                           + (f", {searched} nuisance points)" if searched else ")"), {},
                  "stop", "the trial budget is spent" if t.trials_left() <= 0 else "the time budget is spent")
     return best, best_cfg
 

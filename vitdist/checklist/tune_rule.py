@@ -79,7 +79,8 @@ def keep_or_revert(t, step: str, trial, best, cfg: TrainConfig, best_cfg: TrainC
         return best, best_cfg
     n = min(trial.num_val, best.num_val)
     seeds = len(trial.accs)
-    numbers = {"trial": trial.name, "val_acc": trial.best_val_acc, "best_val_acc": best.best_val_acc}
+    numbers = {"trial": trial.name, "best_trial": best.name, "val_acc": trial.best_val_acc,
+               "best_val_acc": best.best_val_acc}
     if seeds > 1 and len(best.accs) == seeds:  # paired seed by seed: the same seeds, the same hold-outs
         diffs = [a - b for a, b in zip(trial.accs, best.accs)]
         gain = sum(diffs) / seeds
@@ -116,8 +117,11 @@ def confirm(t, template: TrainConfig, best_cfg: TrainConfig, best_name: str) -> 
     arms = {"template": (template, "the template")}
     if best_cfg != template:
         arms["best"] = (best_cfg, f"the winner ({best_name})")
-    for role, (cfg, what) in arms.items():
-        trial = t.run(f"confirm_{role}", f"{what} on {k} fresh seeds", "", cfg, seeds=fresh)
+    from .tune_record import Arm
+
+    trials = t.run_many([Arm(f"confirm_{role}", f"{what} on {k} fresh seeds", "", cfg, seeds=fresh, kind="confirm")
+                         for role, (cfg, what) in arms.items()])  # side by side, for the workers
+    for role, trial in zip(arms, trials):
         if trial.best_val_acc is None:
             out[role] = {"accs": trial.accs, "error": trial.error}
             continue

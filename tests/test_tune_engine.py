@@ -1,0 +1,282 @@
+"""Issue 19: Optuna under `vitdist tune`. Worker processes share one study (SQLite, a journal file, a real
+PostgreSQL server) and run each training once; a worker SIGKILLed mid-training is retried by another and the
+run ends as an unbroken one would; the pruner stops a bad training at the first rung; the dashboard's server
+answers with the study; a killed tune resumed reruns nothing finished. Every figure is checked against the run
+folders' own files (results.json, metrics.jsonl), not against what the study was told."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import REPO, run_cli, tiny_config
+from vitdist.checklist.study import TuneStudy
+from vitdist.checklist.tuner import as_json
+from vitdist.config import to_dict
+
+
+def queue(study: TuneStudy, root: Path, n: int, **kw) -> list[Path]:
+    """n tiny trainings (seeds 0..n-1) queued in the study; their run folders."""
+    folders = []
+    for seed in range(n):
+        cfg = tiny_config(root / f"run_{seed}", seed=seed, **kw)
+        study.ensure(cfg.run_dir, as_json(to_dict(cfg)), arm="planted", seed=seed)
+        folders.append(Path(cfg.run_dir))
+    return folders
+
+
+def start_worker(url: str, name: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "vitdist.checklist.worker", url, name], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def best_val_acc(folder: Path) -> float:
+    """From the run's own log: the best epoch's validation accuracy."""
+    return max(json.loads(line)["val_acc"] for line in (folder / "metrics.jsonl").read_text().splitlines())
+
+
+def check_two_workers_share(url: str, tmp_path: Path) -> None:
+    study = TuneStudy(url, "shared", heartbeat_s=2.0)
+    study.study.set_user_attr("settings", {"heartbeat_s": 2.0})
+    folders = queue(study, tmp_path / "runs", 6)
+    study.set_state("running")
+    workers = [start_worker(url, "shared", tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        wait_for(lambda: len(study.trials(states=(TrialState.COMPLETE,))) == 6, 240, "six trainings")
+    finally:
+        study.set_state("done")  # the workers end once nothing waits
+        codes = [w.wait(timeout=60) for w in workers]
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+    trials = study.trials()
+    assert len(trials) == 6 and {t.state for t in trials} == {TrialState.COMPLETE}  # none queued twice, none lost
+    runs = sorted(t.user_attrs["run_dir"] for t in trials)
+    assert runs == sorted(map(str, folders))  # each training recorded once
+    for t in trials:  # the value the study holds is the run's own best, every epoch's accuracy reported
+        folder = Path(t.user_attrs["run_dir"])
+        assert t.value == pytest.approx(best_val_acc(folder))
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert t.intermediate_values == {r["epoch"]: pytest.approx(r["val_acc"]) for r in rows}
+        assert (folder / "results.json").is_file() and "config.json" in os.listdir(folder)
+    # each training ran once: one header line per run, across both workers' consoles
+    headers = sum(log.count("parameters; synthetic") for log in logs)
+    assert headers == 6, logs
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both took work
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    check_two_workers_share(f"sqlite:///{tmp_path / 'study.db'}", tmp_path)
+
+
+def test_two_workers_share_one_journal_study(tmp_path):
+    check_two_workers_share(f"journal:{tmp_path / 'shared' / 'study.log'}", tmp_path)
+
+
+def postgres_server(tmp_path: Path) -> tuple[str, list[str]]:
+    """A PostgreSQL server of the test's own (Debian's package: initdb, pg_ctl), on a socket of its own: its URL
+    and the command that stops it. Skips, saying why, where it cannot start."""
+    import tempfile
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    pg_ctl = shutil.which("pg_ctl") or (str(bins[-1]) if bins else None)
+    if pg_ctl is None:
+        pytest.skip("PostgreSQL is not installed (Debian's postgresql package: .ci/run installs it where it can)")
+    pytest.importorskip("psycopg2", reason="the PostgreSQL driver psycopg2-binary (the dev extra) is not installed")
+    bin_dir = Path(os.path.realpath(pg_ctl)).parent
+    root = Path(tempfile.mkdtemp(prefix="vdpg", dir="/tmp"))  # short (a socket's path is at most 107 bytes)
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    run_as = []
+    if os.geteuid() == 0:  # initdb refuses root: the server runs as the package's own user
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        run_as = ["runuser", "-u", "postgres", "--"]
+        for p in (root, sock):
+            os.chmod(p, 0o777)
+    port = free_port()
+    init = subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vitdist"],
+                          capture_output=True, text=True)
+    if init.returncode != 0:
+        pytest.skip(f"initdb could not make a cluster: {init.stderr.strip()[-300:]}")
+    start = subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l",
+                            str(root / "log"), "-o", f"-k {sock} -p {port} -c listen_addresses=''", "start"],
+                           capture_output=True, text=True)
+    if start.returncode != 0:
+        pytest.skip(f"the PostgreSQL server did not start: {start.stderr.strip()[-300:]}")
+    stop = [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]
+    return f"postgresql+psycopg2://vitdist@/postgres?host={sock}&port={port}", stop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_share_one_postgresql_study(tmp_path):
+    url, stop = postgres_server(tmp_path)
+    try:
+        check_two_workers_share(url, tmp_path)
+    finally:
+        subprocess.run(stop, capture_output=True)
+        shutil.rmtree(Path(stop[-4]).parent, ignore_errors=True)
+
+
+def test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_an_unbroken_one(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = TuneStudy(url, "kill", heartbeat_s=0.5)
+    study.study.set_user_attr("settings", {"heartbeat_s": 0.5})
+    (folder,) = queue(study, tmp_path / "runs", 1, epochs=4, data={"synthetic_size": 1200})
+    study.set_state("running")
+    first = start_worker(url, "kill", tmp_path / "w1.log")
+    wait_for(lambda: (folder / "metrics.jsonl").is_file() and
+             len((folder / "metrics.jsonl").read_text().splitlines()) >= 2, 240, "two epochs")
+    first.send_signal(signal.SIGKILL)  # no checkpoint of its step, no goodbye: its heartbeat just stops
+    first.wait()
+    assert study.trials()[0].state == TrialState.RUNNING
+    second = start_worker(url, "kill", tmp_path / "w2.log")
+    try:
+        wait_for(lambda: study.trials(states=(TrialState.COMPLETE,)), 240, "the retry")
+    finally:
+        study.set_state("done")
+        second.wait(timeout=60)
+    log = (tmp_path / "w2.log").read_text()
+    killed, retried = study.trials()
+    assert killed.state == TrialState.FAIL and retried.state == TrialState.COMPLETE, log
+    assert retried.system_attrs["failed_trial"] == killed.number
+    assert retried.user_attrs["worker"] != killed.user_attrs["worker"]
+    # The same records as a run never killed (trained by a worker too: the same threads, the same sums): the
+    # retry continued from the last epoch's checkpoint.
+    unbroken = TuneStudy(url, "unbroken", heartbeat_s=0.5)
+    (straight,) = queue(unbroken, tmp_path / "straight", 1, epochs=4, data={"synthetic_size": 1200})
+    unbroken.set_state("running")
+    worker = start_worker(url, "unbroken", tmp_path / "w3.log")
+    try:
+        wait_for(lambda: unbroken.trials(states=(TrialState.COMPLETE,)), 240, "the unbroken run")
+    finally:
+        unbroken.set_state("done")
+        worker.wait(timeout=60)
+    strip = lambda f: [{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k  # noqa: E731
+                        and "tflops" not in k} for line in (f / "metrics.jsonl").read_text().splitlines()]
+    assert len(strip(folder)) == 4 and strip(folder) == strip(straight)
+    assert retried.value == best_val_acc(straight)
+    assert "queued again" in log and "resumed from" in log, log
+
+
+def planted_competitors(study: TuneStudy, acc: float, n: int = 3) -> None:
+    """n finished trainings that reached acc at epoch 1 (their first rung, as the pruner recorded it)."""
+    for i in range(n):
+        study.study.add_trial(optuna.trial.create_trial(
+            value=acc, intermediate_values={1: acc}, user_attrs={"key": f"planted-{i}", "run_dir": f"p{i}"},
+            system_attrs={"completed_rung_0": acc}))
+
+
+@pytest.mark.parametrize("prunable", [True, False])
+def test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung(tmp_path, prunable):
+    """Three trainings reached 0.95 at epoch 1; a training at a rate too small to learn reaches chance there. A
+    nuisance point (prunable) is stopped in its second epoch and its folder marked; an arm's seed never is."""
+    from vitdist.checklist.trials import train_trial
+    from vitdist.checklist.worker import work
+
+    study = TuneStudy(f"sqlite:///{tmp_path / 'study.db'}", "prune", heartbeat_s=5.0)
+    planted_competitors(study, 0.95)
+    cfg = tiny_config(tmp_path / "bad", epochs=6, data={"synthetic_size": 3000}, optim={"lr": 1e-7, "min_lr": 0.0})
+    study.ensure(cfg.run_dir, as_json(to_dict(cfg)), prunable=prunable, seed=0)
+    work(study, lambda: all(t.state != TrialState.WAITING and t.state != TrialState.RUNNING for t in study.trials()),
+         train_trial)
+    (trial,) = [t for t in study.trials() if t.user_attrs.get("run_dir") == cfg.run_dir]
+    epochs = [json.loads(line)["epoch"] for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    if prunable:
+        # judged at epoch 1, stopped at the next step the trainer takes after the worker's look at its log
+        assert trial.state == TrialState.PRUNED and epochs in ([1], [1, 2])
+        marked = json.loads((Path(cfg.run_dir) / "pruned.json").read_text())
+        assert marked["epoch"] == 1 and marked["val_acc"] == best_val_acc(Path(cfg.run_dir)) < 0.5
+        assert trial.intermediate_values[1] == marked["val_acc"]
+    else:
+        assert trial.state == TrialState.COMPLETE and epochs == [1, 2, 3, 4, 5, 6]
+        assert not (Path(cfg.run_dir) / "pruned.json").exists()
+    from vitdist.stopping import STOP
+
+    assert STOP.signum is None  # the prune's request does not outlive its training
+
+
+def test_the_dashboard_answers_with_the_study(tmp_path):
+    from vitdist.checklist.study import serve_dashboard
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = TuneStudy(url, "vitdist-dash")
+    planted_competitors(study, 0.7, n=2)
+    port = free_port()
+    server = serve_dashboard(url, port)
+    try:
+        studies = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30).read())
+        (summary,) = studies["study_summaries"]
+        assert summary["study_name"] == "vitdist-dash"
+        detail = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}",
+                                                   timeout=30).read())
+        assert [t["values"] for t in detail["trials"]] == [[0.7], [0.7]]
+        assert [t["intermediate_values"] for t in detail["trials"]] == [[{"step": 1, "value": 0.7}]] * 2
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=30).read()
+        assert b"<html" in page.lower()
+    finally:
+        server.shutdown()
+
+
+TUNE_FLAGS = ["--data.name", "synthetic", "--data.synthetic-size", "640", "--data.val-fraction", "0.2",
+              "--data.train-eval-size", "64", "--model.embed-dim", "32", "--model.num-layers", "1",
+              "--model.num-heads", "2", "--model.dim-feedforward", "64", "--batch.global-batch-size", "32",
+              "--epochs", "3", "--optim.warmup-epochs", "0.3", "--log.no-tensorboard", "--log.no-progress",
+              "--budget-trials", "9", "--sweep-epochs", "1", "--lrs", "1e-3", "--seeds", "2", "--confirm-seeds", "1",
+              "--nuisance-trials", "0", "--heartbeat-seconds", "0.5"]
+
+
+def test_a_killed_tune_resumed_reruns_nothing_finished(tmp_path):
+    """SIGKILL the tune (no checkpoint, its training left RUNNING in the study) as its second arm starts; --resume
+    auto retries that training from its checkpoint, reads the finished ones back, and ends as an unbroken tune."""
+    folder = tmp_path / "t"
+    proc = subprocess.Popen([sys.executable, "-m", "vitdist", "tune", *TUNE_FLAGS, "--tune-dir", str(folder)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (folder / "trial_001" / "seed_0" / "metrics.jsonl").is_file(), 300, "the second arm")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    finished = {p: p.stat().st_mtime_ns for p in folder.glob("trial_000/seed_*/results.json")}
+    assert len(finished) == 2
+    resumed = run_cli("tune", *TUNE_FLAGS, "--tune-dir", folder, "--resume", "auto", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # read back, not rerun
+    assert "tune trial_000: the template, as given: read back" in resumed.stdout
+    study = optuna.load_study(study_name="vitdist-t", storage=f"sqlite:///{folder / 'study.db'}")
+    retried = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["run_dir"] for t in retried] == [str(folder / "trial_001" / "seed_0")]
+    straight = run_cli("tune", *TUNE_FLAGS, "--tune-dir", tmp_path / "s", timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a, b = (json.loads((f / "tune.json").read_text()) for f in (folder, tmp_path / "s"))
+    strip = lambda r: [(d["step"], d["what"], d["result"], d.get("val_acc")) for d in r["decisions"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert [t["accs"] for t in a["trials"]] == [t["accs"] for t in b["trials"]]

@@ -1,0 +1,248 @@
+"""The tune's study. One idea: Optuna holds every training a tune starts, as one trial each, so that any number of
+workers, on this machine or others, can share the work and a killed tune or worker loses nothing finished.
+
+Where it lives (`open_study`): by default a SQLite file in the tune folder (embedded, nothing to start);
+`--storage URL` for a database server (PostgreSQL, MySQL: anything Optuna's RDBStorage takes); `--storage
+journal:PATH` for a journal file on a shared filesystem (clusters without a database).
+
+How a training moves through it: the tune puts it in the queue once (`TuneStudy.ensure`: an Optuna trial
+WAITING, its config and run folder in its user attributes); exactly one worker takes it (`take`: WAITING ->
+RUNNING is a compare-and-set in every Optuna storage); the worker beats while it trains (`beat`); it ends
+COMPLETE (its best validation accuracy the value, each epoch's an intermediate value), PRUNED, or FAIL with the
+reason (a diverged loss). A worker that stops beating (killed, its machine gone) leaves its training RUNNING:
+any live worker fails it and queues it again (`retry_stale`), and the
+retry continues from the run's last checkpoint. Optuna's own heartbeat covers only its database storages, not
+the journal, so vitdist beats the same way on every storage (a user attribute) and leaves the retry to Optuna
+(RetryHeartbeatStaleTrialCallback)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+STUDY_FILE = "study.db"  # the default storage, in the tune folder
+BEATS_MISSED = 3  # a RUNNING training whose worker has not beaten for this many intervals is taken for dead
+MAX_RETRY = 3  # a training whose workers keep dying is retried this often, then the tune stops on it
+COORDINATOR_STALE_S = 120.0  # a tune whose coordinator has not beaten for this long is not running
+
+
+def storage_url(spec: Optional[str], tune_dir: Path) -> str:
+    """The storage as a string another process (a local worker, another machine) can open the same way."""
+    return spec or f"sqlite:///{(tune_dir / STUDY_FILE).resolve()}"
+
+
+def open_storage(url: str):
+    """Optuna's storage for url: journal:PATH, or a database URL (SQLite waits for a busy file, not failing)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # vitdist says what happens, once, in its own words
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def training_key(run_dir: str, config: dict) -> str:
+    """What makes two trainings the same: the folder and the config (a resumed tune with other flags is new)."""
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{run_dir}#{digest}"
+
+
+class TuneStudy:
+    """One tune's Optuna study: the queue of its trainings and the record of each."""
+
+    def __init__(self, url: str, name: str, heartbeat_s: float = 10.0, pruner: str = "successive-halving",
+                 max_epochs: int = 10):
+        import optuna
+
+        self.url, self.name, self.heartbeat_s = url, name, heartbeat_s
+        self.storage = open_storage(url)
+        self.study = optuna.create_study(storage=self.storage, study_name=name, direction="maximize",
+                                         load_if_exists=True)
+        self.id = self.storage.get_study_id_from_name(name)
+        self.pruner = make_pruner(pruner, max_epochs)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    # --- the record
+
+    def trials(self, states=None) -> list:
+        return self.storage.get_all_trials(self.id, deepcopy=False, states=states)
+
+    def latest(self, key: str):
+        """The training's latest trial (a retried one has several), or None if it was never queued."""
+        mine = [t for t in self.trials() if t.user_attrs.get("key") == key]
+        return max(mine, key=lambda t: t.number) if mine else None
+
+    def finished(self, key: str):
+        """The training's trial once it has ended for good (COMPLETE, PRUNED, or FAIL with a reason); else None.
+        A FAIL without a reason (its worker died) is retried: it has not ended."""
+        from optuna.trial import TrialState
+
+        t = self.latest(key)
+        if t is not None and (t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
+                              (t.state == TrialState.FAIL and ("error" in t.user_attrs or "crash" in t.user_attrs))):
+            return t
+        return None
+
+    # --- the queue
+
+    def ensure(self, run_dir: str, config: dict, **attrs) -> bool:
+        """Queue the training unless the study has it already (queued, running, or ended; a dead worker's is
+        queued again by retry_stale). Returns whether it was queued now."""
+        from optuna.trial import TrialState
+
+        key = training_key(run_dir, config)
+        t = self.latest(key)
+        if t is not None and (t.state != TrialState.FAIL or self.finished(key) is not None):
+            return False
+        self.study.enqueue_trial(attrs.pop("params", None) or {}, user_attrs={
+            "key": key, "run_dir": run_dir, "config": config, **attrs})
+        return True
+
+    def take(self) -> Optional[int]:
+        """A waiting training's trial id, now RUNNING and this worker's, or None when none waits. Two workers
+        never take the same one: the storage sets WAITING -> RUNNING for one of them only."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        for t in sorted(self.trials(states=(TrialState.WAITING,)), key=lambda t: t.number):
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    continue
+            except UpdateFinishedTrialError:
+                continue
+            self.beat(t._trial_id)
+            self.storage.set_trial_user_attr(t._trial_id, "worker", self.worker)
+            return t._trial_id
+        return None
+
+    def beat(self, trial_id: int) -> None:
+        self.storage.set_trial_user_attr(trial_id, "beat", time.time())
+
+    def retry_stale(self, say=print) -> list[int]:
+        """Fail each RUNNING training whose worker has stopped beating, and queue it again (the same
+        config and folder). Returns the failed trials' numbers."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        now, out = time.time(), []
+        for t in self.trials(states=(TrialState.RUNNING,)):
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            last = max(t.user_attrs.get("beat", 0.0), started)
+            if now - last < BEATS_MISSED * self.heartbeat_s:
+                continue
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except UpdateFinishedTrialError:  # another worker got there first
+                continue
+            if len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY:  # the tune stops on it, saying why
+                why = f"its worker died {MAX_RETRY + 1} times (killed, or its machine lost)"
+                self.storage.set_trial_user_attr(t._trial_id, "crash", f"{why}, the last on {t.user_attrs['worker']}")
+                continue
+            self.requeue(t._trial_id, None)
+            say(f"tune: the worker of trial {t.number} ({t.user_attrs.get('run_dir')}, on "
+                f"{t.user_attrs.get('worker')}) stopped beating {now - last:.0f} s ago: queued again")
+            out.append(t.number)
+        return out
+
+    def requeue(self, trial_id: int, max_retry: Optional[int]) -> None:
+        """A FAILed training queued again as a new trial (the same config, folder and parameters; its retry
+        history in its system attributes): Optuna's RetryHeartbeatStaleTrialCallback."""
+        import warnings
+
+        from optuna.exceptions import ExperimentalWarning
+
+        try:
+            from optuna.storages import RetryHeartbeatStaleTrialCallback
+        except ImportError:  # Optuna before 4.9 named it so
+            from optuna.storages import RetryFailedTrialCallback as RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(self.study, self.storage.get_trial(trial_id))
+
+    # --- the tune's own state, for workers that join it
+
+    def set_state(self, state: str) -> None:
+        self.study.set_user_attr("coordinator", {"state": state, "beat": time.time(), "by": self.worker})
+
+    def coordinator(self) -> dict:
+        return self.storage.get_study_user_attrs(self.id).get("coordinator") or {}
+
+    @contextlib.contextmanager
+    def coordinating(self, settings: dict):
+        """For the block, this process coordinates the tune: it says so in the study and beats there (workers that
+        join read the settings: heartbeat, pruner); at the end, done, which ends the workers."""
+        self.study.set_user_attr("settings", settings)
+        self.set_state("running")
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(min(self.heartbeat_s, COORDINATOR_STALE_S / 4)):
+                with contextlib.suppress(Exception):  # a busy database: the next beat
+                    self.set_state("running")
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            self.set_state("done")
+
+    def running(self) -> bool:
+        """Whether a tune coordinates this study now (its coordinator beats and has not ended)."""
+        c = self.coordinator()
+        return c.get("state") == "running" and time.time() - c.get("beat", 0) < COORDINATOR_STALE_S
+
+
+def make_pruner(name: str, max_epochs: int):
+    """The pruner that stops a prunable training far behind the others at the same epoch (rungs at epochs 1, 3,
+    9, ...: each keeps the best third)."""
+    import optuna
+
+    if name == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def delete_study(url: str, name: str) -> None:
+    """A tune started afresh (--overwrite) with its study in a database or journal of its own: the old one goes."""
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+
+
+def serve_dashboard(url: str, port: int, host: str = "127.0.0.1"):
+    """optuna-dashboard on the study's storage, served from a thread for as long as this process runs: every
+    trial, its parameters, each epoch's validation accuracy, its state. Returns the server (server.shutdown())."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from optuna_dashboard import wsgi
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # the tune's console is for the tune
+            pass
+
+    server = make_server(host, port, wsgi(open_storage(url)), handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

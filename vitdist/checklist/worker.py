@@ -1,0 +1,261 @@
+"""A tune's workers: each takes a waiting training from the study, runs it, records how it ended, and takes the
+next (`work`). The tune itself is one (in its own process; under `accelerate launch`, every rank runs each
+training together); `--workers N` starts N - 1 more on this machine (`start_workers`: the cores, or the GPUs,
+split between them); another machine joins with the same command and --storage (`join`).
+
+While a training runs, its worker beats, and reads the run's metrics.jsonl as each epoch is written: the epoch's
+validation accuracy goes to the study (Optuna's intermediate values: the dashboard's curves), and the pruner
+asks whether a prunable training (a nuisance search's point) is far behind the others at this epoch. If so, the
+worker stops it as a signal would (the step finishes, a checkpoint is saved, nothing hooks into train()), and
+the run folder is marked pruned (pruned.json)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..config import from_dict
+from ..stopping import STOP, Interrupted
+from .study import TuneStudy
+from .trials import is_main, read_trial_log, say
+
+PRUNE_SIGNAL = signal.SIGUSR1  # what a pruned training's Interrupted carries: not a signal anybody sent
+POLL_S = 0.2  # how often an idle worker looks for work, and a busy one at its run's log
+
+
+def share(obj):
+    """Rank 0's obj on every rank (one process: obj itself)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Watch:
+    """While a training runs (a thread): the worker's heartbeat, each epoch's validation accuracy reported to the
+    study, and the pruner's question after each; `pruned` once it said stop."""
+
+    def __init__(self, study: Optional[TuneStudy], trial_id: Optional[int], run_dir: Path, prunable: bool):
+        self.study, self.id, self.run_dir, self.prunable = study, trial_id, run_dir, prunable
+        self.pruned: Optional[dict] = None
+        self.reported: set[int] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def __enter__(self):
+        if self.study is not None:
+            self.reported = set(self.study.storage.get_trial(self.id).intermediate_values)  # a retry's earlier epochs
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.study is not None:
+            self.done.set()
+            self.thread.join()
+            self.read(judge=False)  # the last epochs, written as the run ended
+
+    def loop(self) -> None:
+        last_beat = time.monotonic()
+        while not self.done.wait(POLL_S):
+            if time.monotonic() - last_beat >= self.study.heartbeat_s:
+                self.study.beat(self.id)
+                last_beat = time.monotonic()
+            if self.pruned is None:
+                self.read(judge=True)
+
+    def read(self, judge: bool) -> None:
+        """Report the epochs not reported yet; after each, ask the pruner (judge: while the run goes on)."""
+        storage = self.study.storage
+        for row in read_trial_log(self.run_dir / "metrics.jsonl"):
+            epoch, acc = row.get("epoch"), row.get("val_acc")
+            if epoch is None or acc is None or epoch in self.reported:
+                continue
+            storage.set_trial_intermediate_value(self.id, epoch, float(acc))
+            self.reported.add(epoch)
+            # Every training goes through the pruner, so that its rungs hold every training's accuracy; only a
+            # prunable one is stopped.
+            stop = self.study.pruner.prune(self.study.study, storage.get_trial(self.id))
+            if judge and stop and self.prunable and STOP.signum is None:
+                self.pruned = {"epoch": epoch, "val_acc": acc, "pruner": type(self.study.pruner).__name__}
+                STOP.signum = PRUNE_SIGNAL  # the trainer stops at its next step, checkpointing it
+                return
+
+
+def run_one(study: Optional[TuneStudy], trial_id: Optional[int], config: dict, train_fn: Callable) -> None:
+    """One training, taken from the study (on rank 0; study None on the other ranks, which train with it)."""
+    import optuna
+
+    cfg = from_dict(config)
+    run_dir = Path(cfg.run_dir)
+    attrs, trial = {}, None
+    if study is not None:
+        attrs, trial = study.storage.get_trial(trial_id).user_attrs, optuna.Trial(study.study, trial_id)
+        for name, (low, high, log) in (attrs.get("space") or {}).items():
+            trial.suggest_float(name, low, high, log=log)  # the queued point, recorded as the trial's parameter
+    watch = Watch(study, trial_id, run_dir, attrs.get("prunable", False))
+    start = time.perf_counter()
+    results = error = None
+    with watch:
+        try:
+            results, error = train_fn(cfg, resume=True)  # a retried training continues from its checkpoint
+        except Interrupted:
+            if not share(watch.pruned is not None):
+                give_back(study, trial_id, "interrupted")
+                raise
+        except BaseException as e:
+            if study is not None:
+                if isinstance(e, Exception):
+                    study.storage.set_trial_user_attr(trial_id, "crash", f"{type(e).__name__}: {e}")
+                    study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:  # KeyboardInterrupt, SystemExit: the worker stops, the training waits for the next
+                    give_back(study, trial_id, type(e).__name__)
+            raise
+        finally:
+            if STOP.signum == PRUNE_SIGNAL:
+                STOP.signum = None  # the prune's request, not a signal: the next training starts unasked
+    if study is None:
+        return
+    seconds = time.perf_counter() - start
+    study.storage.set_trial_user_attr(trial_id, "seconds", seconds)
+    if results is not None or error is not None:  # it ended on its own (a prune asked too late is no prune)
+        watch.pruned = None
+    if watch.pruned is not None:
+        (run_dir / "pruned.json").write_text(json.dumps(watch.pruned, indent=2) + "\n")
+        study.storage.set_trial_user_attr(trial_id, "pruned", watch.pruned)
+        study.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        say(f"tune: {run_dir}: pruned at epoch {watch.pruned['epoch']} (val acc {watch.pruned['val_acc']:.4f}: far "
+            f"behind the study's trainings at that epoch)")
+    elif results is None:
+        study.storage.set_trial_user_attr(trial_id, "error", error)
+        study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    else:
+        data = run_dir / "data.json"
+        num_val = json.loads(data.read_text()).get("num_val", 0) if data.is_file() else 0
+        study.storage.set_trial_user_attr(trial_id, "num_val", num_val)
+        study.study.tell(trial, float(results["best_val_acc"]))
+
+
+def give_back(study: Optional[TuneStudy], trial_id: Optional[int], why: str) -> None:
+    """A training this worker will not finish (a signal stopped it, after its checkpoint): failed, and queued
+    again at once for whichever worker comes next (here, or this tune resumed)."""
+    if study is None:
+        return
+    from optuna.trial import TrialState
+
+    study.storage.set_trial_user_attr(trial_id, "stopped", why)
+    if study.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+        study.requeue(trial_id, None)
+
+
+def work(study: Optional[TuneStudy], until: Callable[[], bool], train_fn: Callable) -> None:
+    """Take and run waiting trainings until until() says the work is done (rank 0 decides for every rank)."""
+    while True:
+        step = ("wait",)
+        if is_main():
+            study.retry_stale(say)
+            trial_id = study.take()
+            if trial_id is not None:
+                step = ("run", trial_id, study.storage.get_trial(trial_id).user_attrs["config"])
+            elif until():
+                step = ("done",)
+        step = share(step)
+        if step[0] == "done":
+            return
+        if step[0] == "wait":
+            time.sleep(POLL_S)
+            continue
+        run_one(study if is_main() else None, step[1], step[2], train_fn)
+
+
+# --- more workers: on this machine, or joining from another
+
+
+def worker_env(index: int, workers: int) -> dict:
+    """A local worker's environment: its share of the GPUs (round robin: --trials-per-gpu K packs K on each),
+    or on a CPU its share of the cores."""
+    import torch
+
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    if torch.cuda.is_available():
+        env["CUDA_VISIBLE_DEVICES"] = str(index % torch.cuda.device_count())
+    else:
+        env["OMP_NUM_THREADS"] = str(max((os.cpu_count() or 1) // workers, 1))
+    return env
+
+
+@contextlib.contextmanager
+def start_workers(study: TuneStudy, workers: int, log_dir: Path, ending: bool = True):
+    """workers - 1 worker processes beside this one for the block (this process is the first): each writes its
+    console to log_dir/worker_N.log. At the end (`ending`: this process coordinates the tune) they are told the
+    tune is done, and waited for."""
+    import torch
+
+    procs = []
+    if workers > 1 and not torch.cuda.is_available():
+        torch.set_num_threads(max((os.cpu_count() or 1) // workers, 1))  # this process's share of the cores
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, workers):
+        with open(log_dir / f"worker_{i}.log", "ab") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "vitdist.checklist.worker", study.url, study.name],
+                                          env=worker_env(i, workers), stdout=log, stderr=subprocess.STDOUT))
+    if procs:
+        say(f"tune: {len(procs)} more worker(s) on this machine (logs: {log_dir}/worker_N.log)")
+    try:
+        yield procs
+    finally:
+        if ending:
+            study.set_state("done")
+        for p in procs:  # told by the study's state (the tune sets it on its way out); a stuck one is stopped
+            try:
+                p.wait(timeout=60 + 3 * study.heartbeat_s)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                p.wait()
+
+
+def join(study: TuneStudy, train_fn: Callable) -> None:
+    """This process as one more worker of a tune coordinated elsewhere, until that tune ends (or stops beating
+    and leaves nothing waiting)."""
+    from optuna.trial import TrialState
+
+    def over() -> bool:
+        return not study.running() and not study.trials(states=(TrialState.WAITING,))
+
+    say(f"tune: joining the running tune in study {study.name!r} ({study.url}) as a worker")
+    work(study, over, train_fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m vitdist.checklist.worker URL STUDY: one local worker, started by the tune."""
+    from .trials import train_trial
+
+    url, name = (sys.argv[1:] if argv is None else argv)[:2]
+    probe = TuneStudy(url, name)
+    settings = probe.storage.get_study_user_attrs(probe.id).get("settings", {})
+    study = TuneStudy(url, name, **settings)
+    with STOP.installed():
+        try:
+            join(study, train_trial)
+        except Interrupted as e:
+            return e.exit_code
+        except Exception:  # a training that crashed is recorded in the study, and the tune says so: the next
+            traceback.print_exc()
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
