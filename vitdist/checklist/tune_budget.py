@@ -47,8 +47,9 @@ def template_fits(t, template: TrainConfig) -> bool:
     """After the sweep: whether the template likely ends within the time budget of the tune.Tuner t (the sweep's
     trials took t.sweep_minutes, at --sweep-epochs each). If not, the tune stops here and says what would do."""
     runs = max(len(t.sweep["runs"]), 1)
-    expected = t.sweep_minutes / runs * template.epochs / t.args.sweep_epochs * t.args.seeds
-    confirming = expected / t.args.seeds * 2 * t.args.confirm_seeds  # kept for the end
+    one = t.sweep_minutes / runs * template.epochs / t.args.sweep_epochs  # one training of the template
+    expected = one * math.ceil(t.args.seeds / t.workers)  # its seeds side by side on the workers
+    confirming = one * math.ceil(2 * t.args.confirm_seeds / t.workers)  # kept for the end
     if agree(expected + confirming <= t.minutes_left()):
         return True
     spent = t.args.budget_minutes - t.minutes_left()
