@@ -58,6 +58,11 @@ T_NEW = "tests/test_new_user.py"
 T_AF = "tests/test_after_training_faults.py"
 T_TI = "tests/test_trial_interrupts.py"
 T_CF = "tests/test_config_fields.py"
+T_EN = "tests/test_tune_engine.py"
+STUDY = "vitdist/checklist/study.py"
+WORKER = "vitdist/checklist/worker.py"
+NUISANCE = "vitdist/checklist/nuisance.py"
+NUISANCE_TEST = "tests/test_tune.py::test_a_change_that_needs_another_rate_is_judged_at_its_own[4]"
 T_IN = "tests/test_inputs.py"
 T_W = "tests/test_wiring.py"
 T_FIG = "tests/test_figures.py"
@@ -226,10 +231,11 @@ MUTANTS = [
     Mutant("tune-keeps-noise", "tune keeps only what beats the noise", "vitdist/checklist/tune_rule.py",
            "    if gain > margin:\n", "    if gain > 0:\n",
            ("tests/test_tune.py::test_a_change_that_helps_is_kept_and_one_that_hurts_or_is_noise_is_reverted",)),
-    Mutant("tune-resume-reruns-trials", "a resumed tune reruns nothing finished", "vitdist/checklist/tune.py",
-           'if old is not None and old["config"] == trial.config and old.get("seeds", seeds) == seeds:',
-           "if False:",
-           ("tests/test_tune.py::test_resume_reads_finished_trials_back",)),
+    Mutant("tune-resume-reruns-trials", "a resumed tune reruns nothing finished", "vitdist/checklist/study.py",
+           '        if t is not None and (t.state != TrialState.FAIL or "error" in t.user_attrs):',
+           "        if False:",
+           ("tests/test_tune.py::test_resume_reads_finished_trials_back",
+            "tests/test_tune_engine.py::test_a_killed_tune_resumed_reruns_nothing_finished")),
     # 6. every rank's RNG is restored on resume
     Mutant("rng-reseeded-on-resume", "exact resume (2 processes)", RUN,
            "    accelerator.load_state(str(resume_dir))  # model, optimizer, scaler, every rank's RNG\n",
@@ -616,17 +622,17 @@ MUTANTS = [
     Mutant("paired-spread-read-as-normal", "a change is kept on every seed's evidence",
            "vitdist/checklist/tune_rule.py", "    return float(stats.t.ppf(stats.norm.cdf(NOISE_Z), seeds - 1))",
            "    return NOISE_Z", (SEEDS_TEST,)),
-    Mutant("every-seed-the-same", "a change is kept on every seed's evidence", "vitdist/checklist/tune.py",
-           "train_trial(replace(cfg, seed=seed, run_dir=str(run_dir)),",
-           "train_trial(replace(cfg, run_dir=str(run_dir)),", (SEEDS_TEST,)),
-    Mutant("budget-counts-arms-not-trainings", "the budget counts every training", "vitdist/checklist/tune.py",
+    Mutant("every-seed-the-same", "a change is kept on every seed's evidence", "vitdist/checklist/tuner.py",
+           "to_dict(replace(cfg, seed=seed, run_dir=str(run_dir)))",
+           "to_dict(replace(cfg, run_dir=str(run_dir)))", (SEEDS_TEST,)),
+    Mutant("budget-counts-arms-not-trainings", "the budget counts every training", "vitdist/checklist/tuner.py",
            "sum(len(t.accs) or 1 for t in self.trials)", "len(self.trials)",
            ("tests/test_tune.py::test_the_budget_counts_each_seed",)),
     Mutant("confirmed-on-the-tunes-own-seeds", "the headline is on fresh seeds", "vitdist/checklist/tune_rule.py",
            "    fresh = [template.seed + t.args.seeds + i for i in range(k)]",
            "    fresh = [template.seed + i for i in range(k)]",
            ("tests/test_tune.py::test_the_headline_is_the_winner_against_the_template_on_fresh_seeds",)),
-    Mutant("confirmation-not-budgeted", "the budget counts every training", "vitdist/checklist/tune.py",
+    Mutant("confirmation-not-budgeted", "the budget counts every training", "vitdist/checklist/tuner.py",
            "        kept = 2 * self.args.confirm_seeds if self.reserve is not None else 0\n",
            "        kept = 0\n",
            ("tests/test_tune.py::test_the_headline_is_the_winner_against_the_template_on_fresh_seeds",)),
@@ -636,6 +642,50 @@ MUTANTS = [
     Mutant("tune-group-left-to-the-interpreter", "every rank ends in order", "vitdist/checklist/trials.py",
            "    end_process_group()  # the trials leave it up for the next;", "    pass  #",
            ("tests/test_tune.py::test_two_processes_run_each_trial_together",)),
+    # issue 19: the study and its workers (tests/test_tune_engine.py), the nuisance search
+    Mutant("take-without-claiming", "no training runs twice", STUDY,
+           "                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):\n"
+           "                    continue\n", "                pass\n",
+           (f"{T_EN}::test_two_workers_share_one_sqlite_study", f"{T_EN}::test_two_workers_share_one_journal_study")),
+    Mutant("sqlite-deferred-transactions", "no training runs twice", STUDY,
+           "    immediate_transactions(storage.engine)\n", "",
+           (f"{T_EN}::test_racing_workers_never_take_one_training_twice",)),
+    Mutant("dead-worker-not-requeued", "a killed worker's training is retried", STUDY,
+           "            self.requeue(t._trial_id, None)\n", "            pass\n",
+           (f"{T_EN}::test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_an_unbroken_one",)),
+    Mutant("retry-restarts-from-scratch", "a retried training continues from its checkpoint", WORKER,
+           "results, error = train_fn(cfg, resume=True)", "results, error = train_fn(cfg, resume=False)",
+           (f"{T_EN}::test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_an_unbroken_one",)),
+    Mutant("epochs-not-reported", "each epoch's validation accuracy goes to the study", WORKER,
+           "            storage.set_trial_intermediate_value(self.id, epoch, float(acc))\n", "",
+           (f"{T_EN}::test_two_workers_share_one_sqlite_study",
+            f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung")),
+    Mutant("pruner-ignored", "a bad nuisance point is pruned at the first rung", WORKER,
+           "            if judge and stop and self.prunable and STOP.signum is None:",
+           "            if False:", (f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung",)),
+    Mutant("arm-seeds-pruned", "an arm's seeds are never pruned", WORKER,
+           "            if judge and stop and self.prunable and STOP.signum is None:",
+           "            if judge and stop and STOP.signum is None:",
+           (f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung",)),
+    Mutant("prune-request-outlives-its-training", "a pruned training stops only itself", WORKER,
+           "                STOP.signum = None  # the prune's request", "                pass  #",
+           (f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung",)),
+    Mutant("nuisance-never-searched", "a scientific change is judged at its own rate", NUISANCE,
+           "    if k <= 0 or not is_scientific(cfg, best_cfg):", "    if True:", (NUISANCE_TEST,)),
+    Mutant("nuisance-best-point-dropped", "a scientific change is judged at its own rate", NUISANCE,
+           "    return with_point(cfg, points[i])", "    return cfg", (NUISANCE_TEST,)),
+    Mutant("unsearched-change-judged-anyway", "a scientific change is judged at its own rate", NUISANCE,
+           "                 f\"{t.expected_minutes(cfg, extra=k):.1f} min, and {t.minutes_left():.1f} are left\")\n"
+           "        return None\n",
+           "                 f\"{t.expected_minutes(cfg, extra=k):.1f} min, and {t.minutes_left():.1f} are left\")\n"
+           "        return cfg\n",
+           ("tests/test_tune.py::test_a_scientific_change_with_no_room_for_its_rate_search_is_skipped_not_judged_"
+            "unfairly",)),
+    Mutant("optimizer-changes-searched-too", "the rate is searched for scientific changes only", NUISANCE,
+           'SCIENTIFIC = ("model.", "data.")', 'SCIENTIFIC = ("model.", "data.", "optim.")', (NUISANCE_TEST,)),
+    Mutant("joiner-starts-its-own-tune", "a machine joins a running tune", "vitdist/checklist/tune.py",
+           "    if args.join or (is_main() and joinable(url, name, args)):", "    if False:",
+           (f"{T_EN}::test_a_slurm_array_task_joins_task_0s_tune",)),
 ]
 
 

@@ -208,7 +208,7 @@ def test_a_change_that_would_not_fit_the_time_left_is_skipped_not_the_tune(tmp_p
     """With 50 minutes, a change expected to take 100 (a bigger model, say) is skipped with its figures, and the
     tune goes on with what is left to try."""
     monkeypatch.setattr(tune_mod.Tuner, "expected_minutes",
-                        lambda self, cfg: 100.0 if cfg.optim.weight_decay == 1e-3 else 1.0)
+                        lambda self, cfg, extra=0: 100.0 if cfg.optim.weight_decay == 1e-3 else 1.0)
     tune_mod.tune(tune_args(tmp_path, budget_trials=20, budget_minutes=50))
     record = json.loads((tmp_path / "tune" / "tune.json").read_text())
     skipped = [d for d in record["decisions"] if d["result"] == "skipped"]
@@ -459,3 +459,22 @@ def test_a_change_that_needs_another_rate_is_judged_at_its_own(tmp_path, planted
     assert iso["before_lr"] == 5e-3 and iso["after_lr"] == chosen["lr"] and iso["tuned"]
     assert iso["after"] == [pytest.approx(max(truth))] and iso["before"] == [pytest.approx(0.60)]
     assert (tmp_path / "tune" / "tune-isolation.png").stat().st_size > 5000
+
+
+def test_a_scientific_change_with_no_room_for_its_rate_search_is_skipped_not_judged_unfairly(tmp_path, planted,
+                                                                                             monkeypatch):
+    """50 minutes left: a wider model whose search and seeds would take 100 is skipped (judged at the narrow
+    model's rate it could be reverted for the wrong reason); the next advice, cheaper, is searched and judged."""
+    advice = [Advice("a wider model", "--model.embed-dim 64"), Advice("more dropout", "--model.dropout 0.3")]
+    monkeypatch.setattr(dg, "diagnose", lambda rows, config, steps=None, results=None: Diagnosis(
+        dg.SEVERE, "", {}, [], advice, [dg.SEVERE]))
+    monkeypatch.setattr(tune_mod.Tuner, "expected_minutes",
+                        lambda self, cfg, extra=0: 100.0 if cfg.model.embed_dim == 64 and extra else 1.0)
+    tune_mod.tune(tune_args(tmp_path, budget_trials=30, budget_minutes=50, nuisance_trials=2))
+    record = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    got = [(d["step"], d["what"], d["result"]) for d in record["decisions"] if d["what"] in ("a wider model",
+                                                                                             "more dropout")]
+    assert got[0] == ("nuisance", "a wider model", "skipped") and "would likely take 100.0 min" in \
+        next(d["why"] for d in record["decisions"] if d["what"] == "a wider model")
+    assert [g[:2] for g in got[1:]] == [("nuisance", "more dropout"), ("diagnose: severe overfitting", "more dropout")]
+    assert not any(t["config"]["model"]["embed_dim"] == 64 for t in record["trials"])  # never trained

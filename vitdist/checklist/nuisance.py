@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
+from typing import Optional
 
 from ..config import TrainConfig
 
@@ -68,19 +69,26 @@ def describe(point: dict) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in point.items())
 
 
-def retune(t, name: str, what: str, cfg: TrainConfig, best_cfg: TrainConfig) -> TrainConfig:
-    """cfg with its nuisance values re-tuned, where cfg is a scientific change of best_cfg and the budget (of the
-    tune.Tuner t) has room for the search and the change on every seed after it; else cfg as it is."""
+def retune(t, name: str, what: str, cfg: TrainConfig, best_cfg: TrainConfig) -> Optional[TrainConfig]:
+    """cfg with its nuisance values re-tuned, where cfg is a scientific change of best_cfg (cfg as it is for any
+    other change, or with --nuisance-trials 0). None where the budget of the tune.Tuner t has no room for the
+    search and the change on every seed after it: judged at the other side's rate, the comparison would not be
+    fair, so the change is skipped (the next advice may be cheaper)."""
     from .tune_record import Arm
 
     k = t.args.nuisance_trials
     if k <= 0 or not is_scientific(cfg, best_cfg):
         return cfg
-    if t.trainings_left() < k + t.args.seeds or not t.fits(cfg, extra=k):
+    if t.trainings_left() < k + t.args.seeds:
         t.decide("nuisance", what, {}, "skipped",
-                 f"the budget has room for the change on its {t.args.seeds} seed(s), not for a search of its rate "
-                 f"first ({k} more trainings): judged at the best config's rate")
-        return cfg
+                 f"the trial budget has {t.trainings_left()} trainings left: not enough for a search of its rate "
+                 f"({k} points) and the change on its {t.args.seeds} seed(s)")
+        return None
+    if not t.fits(cfg, extra=k):
+        t.decide("nuisance", what, {}, "skipped",
+                 f"a search of its rate ({k} points) and the change on its {t.args.seeds} seed(s) would likely take "
+                 f"{t.expected_minutes(cfg, extra=k):.1f} min, and {t.minutes_left():.1f} are left")
+        return None
     space = search_space(cfg, k)
     points = qmc_points(cfg, space, k)
     arms = [Arm(f"{name}_nuisance_{i}", f"{what}: nuisance point {i} ({describe(p)})", "", with_point(cfg, p),

@@ -49,8 +49,29 @@ def open_storage(url: str):
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url)
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    immediate_transactions(storage.engine)
+    return storage
+
+
+def immediate_transactions(engine) -> None:
+    """SQLite's transactions take the write lock as they begin (BEGIN IMMEDIATE), so that a read and the write it
+    decides (Optuna's WAITING -> RUNNING) are one step against other processes: with SQLite's default (deferred),
+    two workers can both read WAITING and both claim the training, or deadlock on the upgrade and fail at once
+    instead of waiting for the lock."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_begin(dbapi_connection, record) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN off: the one below instead
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections opened while Optuna set up the file: new ones get the above
 
 
 def training_key(run_dir: str, config: dict) -> str:
@@ -79,17 +100,18 @@ class TuneStudy:
     def trials(self, states=None) -> list:
         return self.storage.get_all_trials(self.id, deepcopy=False, states=states)
 
-    def latest(self, key: str):
-        """The training's latest trial (a retried one has several), or None if it was never queued."""
-        mine = [t for t in self.trials() if t.user_attrs.get("key") == key]
+    def latest(self, key: str, trials: Optional[list] = None):
+        """The training's latest trial (a retried one has several), or None if it was never queued. trials: a
+        snapshot of the study's, to read many trainings at one look."""
+        mine = [t for t in (self.trials() if trials is None else trials) if t.user_attrs.get("key") == key]
         return max(mine, key=lambda t: t.number) if mine else None
 
-    def finished(self, key: str):
+    def finished(self, key: str, trials: Optional[list] = None):
         """The training's trial once it has ended for good (COMPLETE, PRUNED, or FAIL with a reason); else None.
         A FAIL without a reason (its worker died) is retried: it has not ended."""
         from optuna.trial import TrialState
 
-        t = self.latest(key)
+        t = self.latest(key, trials)
         if t is not None and (t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
                               (t.state == TrialState.FAIL and ("error" in t.user_attrs or "crash" in t.user_attrs))):
             return t
@@ -98,13 +120,14 @@ class TuneStudy:
     # --- the queue
 
     def ensure(self, run_dir: str, config: dict, **attrs) -> bool:
-        """Queue the training unless the study has it already (queued, running, or ended; a dead worker's is
-        queued again by retry_stale). Returns whether it was queued now."""
+        """Queue the training unless the study has it already (queued, running, or ended: a diverged run is a
+        result; a dead worker's is queued again by retry_stale). One that crashed (a bug, a missing file on a
+        worker's machine) is queued again: a resumed tune retries it. Returns whether it was queued now."""
         from optuna.trial import TrialState
 
         key = training_key(run_dir, config)
         t = self.latest(key)
-        if t is not None and (t.state != TrialState.FAIL or self.finished(key) is not None):
+        if t is not None and (t.state != TrialState.FAIL or "error" in t.user_attrs):
             return False
         self.study.enqueue_trial(attrs.pop("params", None) or {}, user_attrs={
             "key": key, "run_dir": run_dir, "config": config, **attrs})

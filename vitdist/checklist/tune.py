@@ -106,9 +106,13 @@ class TuneArgs:
     heartbeat_seconds: float = 10.0
     """A worker beats this often while it trains; one silent for 3 beats is taken for dead and its training is
     run again by a live worker, from its last checkpoint."""
+    join: bool = False
+    """Only join the tune of this study as workers (another machine's, with the same --storage): wait for it to
+    start, never start one. Without it, the same command joins a tune that is running and starts one otherwise."""
     dashboard: bool = False
     """Serve the study with optuna-dashboard while the tune runs (http://127.0.0.1:--dashboard-port)."""
     dashboard_port: int = 8080
+    """The dashboard's port (on 127.0.0.1: reach it from elsewhere through an SSH tunnel)."""
     # --resume auto (train's own flag) continues the tune in --tune-dir: finished trials are read back, not rerun.
 
 
@@ -146,14 +150,8 @@ def tune(args: TuneArgs) -> dict:
     folder = Path(args.tune_dir)
     url = storage_url(args.storage, folder)
     name = args.study_name or f"vitdist-{folder.resolve().name}"
-    if is_main() and joinable(url, name, args):
-        study = TuneStudy(url, name)
-        study = TuneStudy(url, name, **study.storage.get_study_user_attrs(study.id).get("settings", {}))
-        from .worker import join, start_workers
-
-        with start_workers(study, workers, folder / "workers", ending=False):
-            join(study, lambda c, resume=False: train_trial(c, resume))
-        return {"joined": name}
+    if args.join or (is_main() and joinable(url, name, args)):
+        return join_tune(args, url, name, workers)
     with sweep_folder(folder, "--tune-dir", TUNE_FILES, args.train, what="tune"):
         study = None
         if is_main():
@@ -206,6 +204,33 @@ def joinable(url: str, name: str, args: TuneArgs) -> bool:
         except (OSError, ValueError):
             return False  # its coordinator on this machine is gone: the tune is to be resumed, not joined
     return True
+
+
+JOIN_WAIT_S = 900.0  # --join waits this long for the tune to start (its check and sweep come first)
+
+
+def join_tune(args: TuneArgs, url: str, name: str, workers: int) -> dict:
+    """This machine's workers (this process and workers - 1 more) join the running tune of the study, until it
+    ends. With --join, wait for it to start first."""
+    import socket
+
+    from .study import TuneStudy
+    from .worker import join, start_workers
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--join under accelerate launch: a joining machine runs one training per worker; run "
+                        "`vitdist tune --join ...` without the launcher")
+    waited = time.monotonic()
+    while not joinable(url, name, args):
+        if not args.join or time.monotonic() - waited > JOIN_WAIT_S:
+            raise UserError(f"--join: no tune of study {name!r} has been running in {url} for "
+                            f"{JOIN_WAIT_S / 60:.0f} minutes: start it first (the same command without --join)")
+        time.sleep(5)
+    study = TuneStudy(url, name)
+    study = TuneStudy(url, name, **study.storage.get_study_user_attrs(study.id).get("settings", {}))
+    with start_workers(study, workers, Path(args.tune_dir) / "workers" / socket.gethostname(), ending=False):
+        join(study, lambda c, resume=False: train_trial(c, resume))
+    return {"joined": name}
 
 
 @contextlib.contextmanager
@@ -346,6 +371,8 @@ def change_one_thing_at_a_time(t: Tuner, best: Trial, best_cfg: TrainConfig) -> 
             continue
         name = f"trial_{sum(x.kind == 'arm' for x in t.trials):03d}"
         cfg = retune(t, name, what, cfg, best_cfg)  # a scientific change: at its own best rate
+        if cfg is None:  # no room to search its rate: a cheaper change may still be judged fairly
+            continue
         trial = t.run(name, what, flags, cfg)
         best, best_cfg = keep_or_revert(t, step, trial, best, cfg, best_cfg)
     else:

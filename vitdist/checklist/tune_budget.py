@@ -16,6 +16,7 @@ def check_budget(args) -> None:
         raise UserError(f"--seeds must be >= 1 and --confirm-seeds >= 0, got {args.seeds} and {args.confirm_seeds}")
     rates = len(set(args.lrs))
     plan = rates + args.seeds + 2 * args.confirm_seeds
+    fits = min(args.budget_trials - rates - 2 * args.confirm_seeds, args.seeds - 1)  # seeds this budget affords
     if args.budget_trials < plan:
         parts = [f"the sweep's {rates} rates", "the template" if args.seeds == 1 else
                  f"the template on {args.seeds} seeds"]
@@ -24,7 +25,8 @@ def check_budget(args) -> None:
         raise UserError(f"--budget-trials {args.budget_trials} does not cover the tune's plan: "
                         f"{', '.join(parts[:-1])} and {parts[-1]} are {plan} trainings before any change is tried: "
                         f"give --budget-trials {plan} or more (each {args.seeds} above {plan} try a change), or "
-                        f"fewer --lrs" + (" or --seeds" if args.seeds > 1 else "")
+                        f"fewer --lrs" + (f" or --seeds (at most {fits} fit: no change tried)" if fits >= 1 else
+                                          " or --seeds" if args.seeds > 1 else "")
                         + (" or --confirm-seeds" if args.confirm_seeds else ""))
     if not (math.isfinite(args.budget_minutes) and args.budget_minutes >= 0):
         raise UserError(f"--budget-minutes must be a number of minutes >= 0 (0: no time limit), got "

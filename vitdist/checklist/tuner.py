@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import TrainConfig, from_dict, to_dict
+from ..config import TrainConfig, UserError, from_dict, to_dict
 from .trials import is_main, say, train_trial
 from .tune_budget import agree
 from .tune_record import Arm, Trial, tune_markdown
@@ -50,14 +50,15 @@ class Tuner:
         """Arms the trial budget still holds (an arm: one config on every seed)."""
         return self.trainings_left() // self.args.seeds
 
-    def expected_minutes(self, cfg: TrainConfig) -> float:
-        """A trial's likely length on all its seeds: the trainings so far, in seconds per (FLOP of an image x
-        epoch), scaled to cfg's model and epochs; a wider or deeper model costs what its FLOPs say."""
+    def expected_minutes(self, cfg: TrainConfig, extra: int = 0) -> float:
+        """A trial's likely length on all its seeds (after `extra` single-seed trainings of it: a nuisance
+        search): the trainings so far, in seconds per (FLOP of an image x epoch), scaled to cfg's model and epochs
+        (a wider or deeper model costs what its FLOPs say), in rounds of as many trainings as there are workers."""
         from ..flops import train_flops_per_image
 
         cost = lambda c: train_flops_per_image(c.model, 10) * c.epochs  # noqa: E731 - the class count barely moves it
         ran = [t.seconds / (len(t.accs) or 1) / cost(from_dict(t.config)) for t in self.trials if t.seconds > 0]
-        rounds = math.ceil(self.args.seeds / self.workers)  # the seeds of an arm train side by side
+        rounds = math.ceil(self.args.seeds / self.workers) + math.ceil(extra / self.workers)
         return (sum(ran) / len(ran) * cost(cfg) * rounds / 60) if ran else 0.0
 
     def minutes_left(self) -> float:
@@ -66,14 +67,13 @@ class Tuner:
         return self.args.budget_minutes - (time.perf_counter() - self.t0) / 60
 
     def fits(self, cfg: TrainConfig, extra: int = 0) -> bool:
-        """Whether a trial of cfg (after `extra` single-seed trainings of it: a nuisance search) likely ends within
-        the time budget (rank 0's clock decides for all)."""
-        per_round = self.expected_minutes(self.reserve) / math.ceil(self.args.seeds / self.workers) \
-            if self.reserve is not None else 0.0
-        kept = per_round * math.ceil(2 * self.args.confirm_seeds / self.workers)  # the confirmation at the end
-        arm = self.expected_minutes(cfg)
-        search = arm / math.ceil(self.args.seeds / self.workers) * math.ceil(extra / self.workers)
-        return agree(arm + search + kept <= self.minutes_left())
+        """Whether a trial of cfg (after `extra` single-seed trainings of it) likely ends within the time budget,
+        the confirmation at the end kept aside (rank 0's clock decides for all)."""
+        kept = 0.0
+        if self.reserve is not None:
+            per_round = self.expected_minutes(self.reserve) / math.ceil(self.args.seeds / self.workers)
+            kept = per_round * math.ceil(2 * self.args.confirm_seeds / self.workers)
+        return agree(self.expected_minutes(cfg, extra) + kept <= self.minutes_left())
 
     def decide(self, step: str, what: str, numbers: dict, result: str, why: str) -> None:
         self.decisions.append({"step": step, "what": what, **numbers, "result": result, "why": why})
@@ -98,6 +98,10 @@ class Tuner:
         with several)."""
         return self.run_many([Arm(name, what, flags, cfg, seeds)])[0]
 
+    def all_ended(self, keys: list[str]) -> bool:
+        trials = self.study.trials()  # one look for all
+        return all(self.study.finished(k, trials) is not None for k in keys)
+
     def run_many(self, arms: list[Arm]) -> list[Trial]:
         """Arms side by side: every seed of each is queued in the study at once, for whichever workers are free,
         and this process works too until all have ended. What the study has finished (a resumed tune's) is read
@@ -120,19 +124,20 @@ class Tuner:
                 if is_main():
                     self.study.ensure(str(run_dir), config, arm=arm.name, seed=seed, prunable=arm.prunable,
                                       space=arm.space, params={k: config["optim"][k] for k in arm.space or {}})
-            done = share(is_main() and all(self.study.finished(k) is not None for k in keys))
+            done = share(is_main() and self.all_ended(keys))
             say(f"\n=== tune {arm.name}: {arm.what}: read back" if done else
                 f"\n=== tune {arm.name}: {arm.what} -> {folder}" + (f" (seeds {', '.join(map(str, seeds))})"
                                                                     if len(seeds) > 1 else ""))
             jobs.append((trial, keys))
         keys = [k for _, ks in jobs for k in ks]
-        work(self.study, lambda: all(self.study.finished(k) is not None for k in keys), self.train)
+        work(self.study, lambda: self.all_ended(keys), self.train)
         for trial, keys in jobs:
             ended = share([ending(self.study.finished(k)) for k in keys] if is_main() else None)
             crashed = [e["crash"] for e in ended if e["crash"]]
             if crashed:
-                raise RuntimeError(f"a training of {trial.name} crashed in a worker: {crashed[0]} (the worker's "
-                                   f"console, {self.dir}/workers/, has its traceback)")
+                raise UserError(f"a training of {trial.name} failed in a worker: {crashed[0]} (the worker's "
+                                f"console, {self.dir}/workers/, has its traceback); the tune stops here, and "
+                                f"--resume auto continues it once that is fixed")
             trial.accs = [e["value"] for e in ended]
             trial.seconds = sum(e["seconds"] for e in ended)
             trial.num_val = next((e["num_val"] for e in ended if e["num_val"]), 0)

@@ -29,7 +29,8 @@ from .study import TuneStudy
 from .trials import is_main, read_trial_log, say
 
 PRUNE_SIGNAL = signal.SIGUSR1  # what a pruned training's Interrupted carries: not a signal anybody sent
-POLL_S = 0.2  # how often an idle worker looks for work, and a busy one at its run's log
+POLL_S = 0.2  # how often a busy worker looks at its run's log
+IDLE_POLL_S = 1.0  # how often an idle one looks for work
 
 
 def share(obj):
@@ -174,7 +175,7 @@ def work(study: Optional[TuneStudy], until: Callable[[], bool], train_fn: Callab
         if step[0] == "done":
             return
         if step[0] == "wait":
-            time.sleep(POLL_S)
+            time.sleep(IDLE_POLL_S)
             continue
         run_one(study if is_main() else None, step[1], step[2], train_fn)
 
