@@ -62,6 +62,7 @@ T_EN = "tests/test_tune_engine.py"
 STUDY = "vitdist/checklist/study.py"
 WORKER = "vitdist/checklist/worker.py"
 NUISANCE = "vitdist/checklist/nuisance.py"
+PRUNE_TEST = "test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only"
 NUISANCE_TEST = "tests/test_tune.py::test_a_change_that_needs_another_rate_is_judged_at_its_own[4]"
 T_IN = "tests/test_inputs.py"
 T_W = "tests/test_wiring.py"
@@ -659,17 +660,19 @@ MUTANTS = [
     Mutant("epochs-not-reported", "each epoch's validation accuracy goes to the study", WORKER,
            "            storage.set_trial_intermediate_value(self.id, epoch, float(acc))\n", "",
            (f"{T_EN}::test_two_workers_share_one_sqlite_study",
-            f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung")),
+            f"{T_EN}::test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only")),
     Mutant("pruner-ignored", "a bad nuisance point is pruned at the first rung", WORKER,
-           "            if judge and stop and self.prunable and STOP.signum is None:",
-           "            if False:", (f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung",)),
+           "            if self.study.pruner.prune(view, storage.get_trial(self.id)) and STOP.signum is None:",
+           "            if False:", (f"{T_EN}::{PRUNE_TEST}",)),
     Mutant("arm-seeds-pruned", "an arm's seeds are never pruned", WORKER,
-           "            if judge and stop and self.prunable and STOP.signum is None:",
-           "            if judge and stop and STOP.signum is None:",
-           (f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung",)),
+           "            if not (judge and self.prunable):", "            if not judge:",
+           (f"{T_EN}::{PRUNE_TEST}",)),
+    Mutant("points-pruned-against-other-arms", "a point is compared with its own search's only", WORKER,
+           "            view = SearchView(self.study.study, self.group)", "            view = self.study.study",
+           (f"{T_EN}::{PRUNE_TEST}",)),
     Mutant("prune-request-outlives-its-training", "a pruned training stops only itself", WORKER,
            "                STOP.signum = None  # the prune's request", "                pass  #",
-           (f"{T_EN}::test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung",)),
+           (f"{T_EN}::{PRUNE_TEST}",)),
     Mutant("nuisance-never-searched", "a scientific change is judged at its own rate", NUISANCE,
            "    if k <= 0 or not is_scientific(cfg, best_cfg):", "    if True:", (NUISANCE_TEST,)),
     Mutant("nuisance-best-point-dropped", "a scientific change is judged at its own rate", NUISANCE,

@@ -238,7 +238,7 @@ def test_two_processes_run_each_trial_together(tmp_path):
     proc = accelerate_launch(REPO / "tests" / "fail_on_rank.py", *TINY_FLAGS, "--epochs", "1",
                              "--model.num-layers", "1", "--optim.warmup-epochs", "0.2", "--tune-dir", tmp_path / "t",
                              "--budget-trials", "3", "--sweep-epochs", "1", "--lrs", "1e-3", "--seeds", "1",
-                             "--confirm-seeds", "0",
+                             "--confirm-seeds", "0", "--nuisance-trials", "0",
                              num_processes=2,
                              timeout=600, env_extra={"FAIL_MAIN": "vitdist.checklist.tune", "FAIL_RANK": "1",
                                                      "FAIL_STEP": "3", "FAIL_WITH": "late-start",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -27,12 +28,17 @@ from vitdist.checklist.tuner import as_json
 from vitdist.config import to_dict
 
 
-def queue(study: TuneStudy, root: Path, n: int, **kw) -> list[Path]:
-    """n tiny trainings (seeds 0..n-1) queued in the study; their run folders."""
+def queue(study: TuneStudy, root: Path, n: int, points: bool = False, **kw) -> list[Path]:
+    """n tiny trainings (seeds 0..n-1) queued in the study; their run folders. points: as the points of a rate
+    search (each its own rate, an Optuna parameter)."""
     folders = []
     for seed in range(n):
         cfg = tiny_config(root / f"run_{seed}", seed=seed, **kw)
-        study.ensure(cfg.run_dir, as_json(to_dict(cfg)), arm="planted", seed=seed)
+        extra = {}
+        if points:
+            cfg = replace(cfg, optim=replace(cfg.optim, lr=1e-3 * (1 + seed / 10)))
+            extra = {"space": {"lr": (1e-4, 1e-2, True)}, "params": {"lr": cfg.optim.lr}, "group": "search"}
+        study.ensure(cfg.run_dir, as_json(to_dict(cfg)), arm="planted", seed=seed, **extra)
         folders.append(Path(cfg.run_dir))
     return folders
 
@@ -60,7 +66,7 @@ def best_val_acc(folder: Path) -> float:
 def check_two_workers_share(url: str, tmp_path: Path) -> None:
     study = TuneStudy(url, "shared", heartbeat_s=2.0)
     study.study.set_user_attr("settings", {"heartbeat_s": 2.0})
-    folders = queue(study, tmp_path / "runs", 6)
+    folders = queue(study, tmp_path / "runs", 6, points=True)  # a rate search's points, each an Optuna parameter
     study.set_state("running")
     workers = [start_worker(url, "shared", tmp_path / f"w{i}.log") for i in range(2)]
     try:
@@ -80,6 +86,8 @@ def check_two_workers_share(url: str, tmp_path: Path) -> None:
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert t.intermediate_values == {r["epoch"]: pytest.approx(r["val_acc"]) for r in rows}
         assert (folder / "results.json").is_file() and "config.json" in os.listdir(folder)
+        ran = json.loads((folder / "config.json").read_text())["optim"]["lr"]
+        assert t.params == {"lr": pytest.approx(ran)}  # the point the run trained with, in whichever worker
     # each training ran once: one header line per run, across both workers' consoles
     headers = sum(log.count("parameters; synthetic") for log in logs)
     assert headers == 6, logs
@@ -206,30 +214,32 @@ def test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_
     assert "queued again" in log and "resumed from" in log, log
 
 
-def planted_competitors(study: TuneStudy, acc: float, n: int = 3) -> None:
-    """n finished trainings that reached acc at epoch 1 (their first rung, as the pruner recorded it)."""
+def planted_competitors(study: TuneStudy, acc: float, n: int = 3, group: str = "search") -> None:
+    """n finished trainings of a search that reached acc at epoch 1 (their first rung, as the pruner recorded it)."""
     for i in range(n):
         study.study.add_trial(optuna.trial.create_trial(
-            value=acc, intermediate_values={1: acc}, user_attrs={"key": f"planted-{i}", "run_dir": f"p{i}"},
-            system_attrs={"completed_rung_0": acc}))
+            value=acc, intermediate_values={1: acc}, system_attrs={"completed_rung_0": acc},
+            user_attrs={"key": f"planted-{i}", "run_dir": f"p{i}", "group": group}))
 
 
-@pytest.mark.parametrize("prunable", [True, False])
-def test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung(tmp_path, prunable):
-    """Three trainings reached 0.95 at epoch 1; a training at a rate too small to learn reaches chance there. A
-    nuisance point (prunable) is stopped in its second epoch and its folder marked; an arm's seed never is."""
+@pytest.mark.parametrize("case", ["a point of the search", "an arm's seed", "a point of another search"])
+def test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only(tmp_path, case):
+    """Three points of a search reached 0.95 at epoch 1; a training at a rate too small to learn reaches chance
+    there. As a point of that search (prunable) it is stopped in its second epoch and its folder marked; as an
+    arm's seed (not prunable), or as the first point of another search, it runs to its end."""
     from vitdist.checklist.trials import train_trial
     from vitdist.checklist.worker import work
 
     study = TuneStudy(f"sqlite:///{tmp_path / 'study.db'}", "prune", heartbeat_s=5.0)
     planted_competitors(study, 0.95)
     cfg = tiny_config(tmp_path / "bad", epochs=6, data={"synthetic_size": 3000}, optim={"lr": 1e-7, "min_lr": 0.0})
-    study.ensure(cfg.run_dir, as_json(to_dict(cfg)), prunable=prunable, seed=0)
+    study.ensure(cfg.run_dir, as_json(to_dict(cfg)), seed=0, prunable=case != "an arm's seed",
+                 group="other" if case == "a point of another search" else "search")
     work(study, lambda: all(t.state != TrialState.WAITING and t.state != TrialState.RUNNING for t in study.trials()),
          train_trial)
     (trial,) = [t for t in study.trials() if t.user_attrs.get("run_dir") == cfg.run_dir]
     epochs = [json.loads(line)["epoch"] for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
-    if prunable:
+    if case == "a point of the search":
         # judged at epoch 1, stopped at the next step the trainer takes after the worker's look at its log
         assert trial.state == TrialState.PRUNED and epochs in ([1], [1, 2])
         marked = json.loads((Path(cfg.run_dir) / "pruned.json").read_text())
@@ -238,6 +248,7 @@ def test_the_pruner_stops_a_bad_prunable_training_at_the_first_rung(tmp_path, pr
     else:
         assert trial.state == TrialState.COMPLETE and epochs == [1, 2, 3, 4, 5, 6]
         assert not (Path(cfg.run_dir) / "pruned.json").exists()
+        assert sorted(trial.intermediate_values) == epochs  # every epoch reported all the same
     from vitdist.stopping import STOP
 
     assert STOP.signum is None  # the prune's request does not outlive its training

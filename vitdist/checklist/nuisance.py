@@ -92,7 +92,8 @@ def retune(t, name: str, what: str, cfg: TrainConfig, best_cfg: TrainConfig) -> 
     space = search_space(cfg, k)
     points = qmc_points(cfg, space, k)
     arms = [Arm(f"{name}_nuisance_{i}", f"{what}: nuisance point {i} ({describe(p)})", "", with_point(cfg, p),
-                seeds=[cfg.seed], prunable=True, space=space, kind="nuisance") for i, p in enumerate(points)]
+                seeds=[cfg.seed], prunable=True, space=space, kind="nuisance", group=f"{name}_nuisance")
+            for i, p in enumerate(points)]
     trials = t.run_many(arms)
     scores = [(tr.best_val_acc, 1) if tr.best_val_acc is not None else (tr.last_val_acc, 0) for tr in trials]
     ranked = [(done, acc, i) for i, (acc, done) in enumerate(scores) if acc is not None]

@@ -232,15 +232,15 @@ class TuneStudy:
         return c.get("state") == "running" and time.time() - c.get("beat", 0) < COORDINATOR_STALE_S
 
 
-def make_pruner(name: str, max_epochs: int):
-    """The pruner that stops a prunable training far behind the others at the same epoch (rungs at epochs 1, 3,
-    9, ...: each keeps the best third)."""
+def make_pruner(name: str, max_epochs: int = 0):
+    """The pruner that stops a nuisance search's point far behind the search's others at the same epoch:
+    asynchronous successive halving, rungs at epochs 1, 3, 9, ..., each keeping the best third (the first point to
+    reach a rung always goes on). Not Hyperband: its brackets read the whole study, where a search's points would
+    be compared with other arms' trainings."""
     import optuna
 
     if name == "successive-halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
 import sys
 import time
@@ -38,6 +37,7 @@ from ..config import TrainConfig, UserError
 from .trials import is_main, say, sweep_folder, train_trial
 from .tune_record import Arm, Trial
 from .tuner import Tuner
+from .worker import count_workers, dashboard, join_tune, joinable
 from .tune_budget import agree, check_budget, template_fits
 from .tune_record import log_decisions, plot_isolation, plot_tune, tune_markdown
 from .nuisance import retune
@@ -100,9 +100,9 @@ class TuneArgs:
     other machines."""
     study_name: Optional[str] = None
     """The study's name in --storage (default vitdist-NAME, NAME the tune folder's)."""
-    pruner: Literal["successive-halving", "hyperband", "none"] = "successive-halving"
-    """Stops a nuisance search's point far behind the study's trainings at the same epoch (rungs at epochs 1, 3,
-    9: each keeps the best third). The seeds of an arm being judged are never pruned."""
+    pruner: Literal["successive-halving", "none"] = "successive-halving"
+    """Stops a nuisance search's point far behind the search's other points at the same epoch (asynchronous
+    successive halving: rungs at epochs 1, 3, 9, each keeping the best third). An arm's seeds are never pruned."""
     heartbeat_seconds: float = 10.0
     """A worker beats this often while it trains; one silent for 3 beats is taken for dead and its training is
     run again by a live worker, from its last checkpoint."""
@@ -161,93 +161,6 @@ def tune(args: TuneArgs) -> dict:
         settings = {"heartbeat_s": args.heartbeat_seconds, "pruner": args.pruner, "max_epochs": args.train.epochs}
         with (study.coordinating(settings) if study else contextlib.nullcontext()), dashboard(args, url):
             return _tune(args, study, workers)
-
-
-def count_workers(args: TuneArgs) -> int:
-    """Trainings at once on this machine: --workers, or one per GPU (times --trials-per-gpu), or 1 on a CPU.
-    Under accelerate launch every rank runs each training together: one at a time."""
-    import torch
-
-    if args.workers < 0 or args.trials_per_gpu < 1 or args.nuisance_trials < 0 or args.heartbeat_seconds <= 0:
-        raise UserError(f"--workers must be >= 0, --trials-per-gpu >= 1, --nuisance-trials >= 0 and "
-                        f"--heartbeat-seconds > 0; got {args.workers}, {args.trials_per_gpu}, {args.nuisance_trials} "
-                        f"and {args.heartbeat_seconds:g}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if args.workers > 1:
-            raise UserError(f"--workers {args.workers} under accelerate launch: there, every process runs each "
-                            f"training together; run `vitdist tune --workers {args.workers}` without the launcher "
-                            f"to train {args.workers} trials at once")
-        return 1
-    if args.workers:
-        return args.workers
-    return torch.cuda.device_count() * args.trials_per_gpu if torch.cuda.is_available() else 1
-
-
-def joinable(url: str, name: str, args: TuneArgs) -> bool:
-    """Whether a tune of this study is running now, coordinated by another process (here: one that is alive)."""
-    import socket
-
-    from .study import STUDY_FILE, TuneStudy
-
-    if args.storage is None and not (Path(args.tune_dir) / STUDY_FILE).is_file():
-        return False
-    try:
-        study = TuneStudy(url, name)
-    except Exception:  # not a study of ours (an older tune folder): the folder check says what it is
-        return False
-    if not study.running():
-        return False
-    host, _, pid = study.coordinator().get("by", "").rpartition(":")
-    if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except (OSError, ValueError):
-            return False  # its coordinator on this machine is gone: the tune is to be resumed, not joined
-    return True
-
-
-JOIN_WAIT_S = 900.0  # --join waits this long for the tune to start (its check and sweep come first)
-
-
-def join_tune(args: TuneArgs, url: str, name: str, workers: int) -> dict:
-    """This machine's workers (this process and workers - 1 more) join the running tune of the study, until it
-    ends. With --join, wait for it to start first."""
-    import socket
-
-    from .study import TuneStudy
-    from .worker import join, start_workers
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("--join under accelerate launch: a joining machine runs one training per worker; run "
-                        "`vitdist tune --join ...` without the launcher")
-    waited = time.monotonic()
-    while not joinable(url, name, args):
-        if not args.join or time.monotonic() - waited > JOIN_WAIT_S:
-            raise UserError(f"--join: no tune of study {name!r} has been running in {url} for "
-                            f"{JOIN_WAIT_S / 60:.0f} minutes: start it first (the same command without --join)")
-        time.sleep(5)
-    study = TuneStudy(url, name)
-    study = TuneStudy(url, name, **study.storage.get_study_user_attrs(study.id).get("settings", {}))
-    with start_workers(study, workers, Path(args.tune_dir) / "workers" / socket.gethostname(), ending=False):
-        join(study, lambda c, resume=False: train_trial(c, resume))
-    return {"joined": name}
-
-
-@contextlib.contextmanager
-def dashboard(args: TuneArgs, url: str):
-    """With --dashboard, optuna-dashboard serving the study for the block (rank 0)."""
-    if not (args.dashboard and is_main()):
-        yield
-        return
-    from .study import serve_dashboard
-
-    server = serve_dashboard(url, args.dashboard_port)
-    say(f"tune: the study's dashboard: http://127.0.0.1:{args.dashboard_port}/ (while the tune runs; after it: "
-        f"optuna-dashboard {url})")
-    try:
-        yield
-    finally:
-        server.shutdown()
 
 
 def _tune(args: TuneArgs, study, workers: int) -> dict:

@@ -42,6 +42,7 @@ class Arm:
     seeds: Optional[list] = None
     prunable: bool = False  # a nuisance search's point: the pruner may stop it
     space: Optional[dict] = None  # the nuisance search's space, {param: (low, high, log)}: Optuna's parameters
+    group: Optional[str] = None  # the search it is a point of: the pruner compares it with that search's only
     kind: str = "arm"
 
 

@@ -123,7 +123,8 @@ class Tuner:
                 keys.append(training_key(str(run_dir), config))
                 if is_main():
                     self.study.ensure(str(run_dir), config, arm=arm.name, seed=seed, prunable=arm.prunable,
-                                      space=arm.space, params={k: config["optim"][k] for k in arm.space or {}})
+                                      space=arm.space, params={k: config["optim"][k] for k in arm.space or {}},
+                                      group=arm.group)
             done = share(is_main() and self.all_ended(keys))
             say(f"\n=== tune {arm.name}: {arm.what}: read back" if done else
                 f"\n=== tune {arm.name}: {arm.what} -> {folder}" + (f" (seeds {', '.join(map(str, seeds))})"

@@ -1,7 +1,8 @@
 """A tune's workers: each takes a waiting training from the study, runs it, records how it ended, and takes the
 next (`work`). The tune itself is one (in its own process; under `accelerate launch`, every rank runs each
 training together); `--workers N` starts N - 1 more on this machine (`start_workers`: the cores, or the GPUs,
-split between them); another machine joins with the same command and --storage (`join`).
+split between them: `count_workers`); another machine joins a running tune with the same command and --storage
+(`joinable`, `join_tune`). `dashboard` serves the study while the tune runs.
 
 While a training runs, its worker beats, and reads the run's metrics.jsonl as each epoch is written: the epoch's
 validation accuracy goes to the study (Optuna's intermediate values: the dashboard's curves), and the pruner
@@ -23,10 +24,10 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import from_dict
+from ..config import UserError, from_dict
 from ..stopping import STOP, Interrupted
 from .study import TuneStudy
-from .trials import is_main, read_trial_log, say
+from .trials import is_main, read_trial_log, say, train_trial
 
 PRUNE_SIGNAL = signal.SIGUSR1  # what a pruned training's Interrupted carries: not a signal anybody sent
 POLL_S = 0.2  # how often a busy worker looks at its run's log
@@ -46,10 +47,12 @@ def share(obj):
 
 class Watch:
     """While a training runs (a thread): the worker's heartbeat, each epoch's validation accuracy reported to the
-    study, and the pruner's question after each; `pruned` once it said stop."""
+    study, and, for a prunable training, the pruner's question after each (against the other points of its
+    search); `pruned` once it said stop."""
 
-    def __init__(self, study: Optional[TuneStudy], trial_id: Optional[int], run_dir: Path, prunable: bool):
-        self.study, self.id, self.run_dir, self.prunable = study, trial_id, run_dir, prunable
+    def __init__(self, study: Optional[TuneStudy], trial_id: Optional[int], run_dir: Path, prunable: bool,
+                 group: Optional[str] = None):
+        self.study, self.id, self.run_dir, self.prunable, self.group = study, trial_id, run_dir, prunable, group
         self.pruned: Optional[dict] = None
         self.reported: set[int] = set()
         self.done = threading.Event()
@@ -70,11 +73,14 @@ class Watch:
     def loop(self) -> None:
         last_beat = time.monotonic()
         while not self.done.wait(POLL_S):
-            if time.monotonic() - last_beat >= self.study.heartbeat_s:
-                self.study.beat(self.id)
-                last_beat = time.monotonic()
-            if self.pruned is None:
-                self.read(judge=True)
+            try:  # a storage that does not answer once (a busy database, the network) must not end the beats
+                if time.monotonic() - last_beat >= self.study.heartbeat_s:
+                    self.study.beat(self.id)
+                    last_beat = time.monotonic()
+                if self.pruned is None:
+                    self.read(judge=True)
+            except Exception as e:
+                say(f"tune: {self.run_dir}: the study did not answer ({type(e).__name__}: {e}); trying again")
 
     def read(self, judge: bool) -> None:
         """Report the epochs not reported yet; after each, ask the pruner (judge: while the run goes on)."""
@@ -85,10 +91,10 @@ class Watch:
                 continue
             storage.set_trial_intermediate_value(self.id, epoch, float(acc))
             self.reported.add(epoch)
-            # Every training goes through the pruner, so that its rungs hold every training's accuracy; only a
-            # prunable one is stopped.
-            stop = self.study.pruner.prune(self.study.study, storage.get_trial(self.id))
-            if judge and stop and self.prunable and STOP.signum is None:
+            if not (judge and self.prunable):  # an arm's seed is evidence: never pruned
+                continue
+            view = SearchView(self.study.study, self.group)  # the points of its own search only
+            if self.study.pruner.prune(view, storage.get_trial(self.id)) and STOP.signum is None:
                 self.pruned = {"epoch": epoch, "val_acc": acc, "pruner": type(self.study.pruner).__name__}
                 STOP.signum = PRUNE_SIGNAL  # the trainer stops at its next step, checkpointing it
                 return
@@ -100,16 +106,15 @@ def run_one(study: Optional[TuneStudy], trial_id: Optional[int], config: dict, t
 
     cfg = from_dict(config)
     run_dir = Path(cfg.run_dir)
-    attrs, trial = {}, None
-    if study is not None:
-        attrs, trial = study.storage.get_trial(trial_id).user_attrs, optuna.Trial(study.study, trial_id)
-        for name, (low, high, log) in (attrs.get("space") or {}).items():
-            trial.suggest_float(name, low, high, log=log)  # the queued point, recorded as the trial's parameter
-    watch = Watch(study, trial_id, run_dir, attrs.get("prunable", False))
+    frozen = study.storage.get_trial(trial_id) if study is not None else None
+    attrs, trial = (frozen.user_attrs, frozen.number) if frozen is not None else ({}, None)  # tell() takes the number
+    watch = Watch(study, trial_id, run_dir, attrs.get("prunable", False), attrs.get("group"))
     start = time.perf_counter()
     results = error = None
     with watch:
         try:
+            if frozen is not None:
+                record_point(study, frozen)
             results, error = train_fn(cfg, resume=True)  # a retried training continues from its checkpoint
         except Interrupted:
             if not share(watch.pruned is not None):
@@ -137,7 +142,7 @@ def run_one(study: Optional[TuneStudy], trial_id: Optional[int], config: dict, t
         study.storage.set_trial_user_attr(trial_id, "pruned", watch.pruned)
         study.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         say(f"tune: {run_dir}: pruned at epoch {watch.pruned['epoch']} (val acc {watch.pruned['val_acc']:.4f}: far "
-            f"behind the study's trainings at that epoch)")
+            f"behind the other points of its search at that epoch)")
     elif results is None:
         study.storage.set_trial_user_attr(trial_id, "error", error)
         study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -146,6 +151,34 @@ def run_one(study: Optional[TuneStudy], trial_id: Optional[int], config: dict, t
         num_val = json.loads(data.read_text()).get("num_val", 0) if data.is_file() else 0
         study.storage.set_trial_user_attr(trial_id, "num_val", num_val)
         study.study.tell(trial, float(results["best_val_acc"]))
+
+
+def record_point(study: TuneStudy, frozen) -> None:
+    """A nuisance search's point as the trial's Optuna parameters (the dashboard's columns), set through the plain
+    storage: the study's cached one knows only the trials this process made."""
+    from optuna.distributions import FloatDistribution
+
+    fixed = frozen.system_attrs.get("fixed_params", {})
+    for name, (low, high, log) in (frozen.user_attrs.get("space") or {}).items():
+        if name in fixed and name not in frozen.params:
+            dist = FloatDistribution(low, high, log=log)
+            study.storage.set_trial_param(frozen._trial_id, name, dist.to_internal_repr(fixed[name]), dist)
+
+
+class SearchView:
+    """A nuisance search's trainings as the pruner sees the study: Optuna's pruners compare a training with the
+    study's others at the same epoch, and a search's points are to be compared with each other only, not with
+    other arms (a deeper model starts slower than the template, whatever its rate)."""
+
+    def __init__(self, study, group: str):
+        self._study, self._group = study, group
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if t.user_attrs.get("group") == self._group]
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
 
 
 def give_back(study: Optional[TuneStudy], trial_id: Optional[int], why: str) -> None:
@@ -239,10 +272,95 @@ def join(study: TuneStudy, train_fn: Callable) -> None:
     work(study, over, train_fn)
 
 
+# --- the tune's side: how many workers here, joining a running tune, the dashboard
+
+
+def count_workers(args) -> int:
+    """Trainings at once on this machine: --workers, or one per GPU (times --trials-per-gpu), or 1 on a CPU.
+    Under accelerate launch every rank runs each training together: one at a time."""
+    import torch
+
+    if args.workers < 0 or args.trials_per_gpu < 1 or args.nuisance_trials < 0 or args.heartbeat_seconds <= 0:
+        raise UserError(f"--workers must be >= 0, --trials-per-gpu >= 1, --nuisance-trials >= 0 and "
+                        f"--heartbeat-seconds > 0; got {args.workers}, {args.trials_per_gpu}, {args.nuisance_trials} "
+                        f"and {args.heartbeat_seconds:g}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.workers > 1:
+            raise UserError(f"--workers {args.workers} under accelerate launch: there, every process runs each "
+                            f"training together; run `vitdist tune --workers {args.workers}` without the launcher "
+                            f"to train {args.workers} trials at once")
+        return 1
+    if args.workers:
+        return args.workers
+    return torch.cuda.device_count() * args.trials_per_gpu if torch.cuda.is_available() else 1
+
+
+def joinable(url: str, name: str, args) -> bool:
+    """Whether a tune of this study is running now, coordinated by another process (here: one that is alive)."""
+    import socket
+
+    from .study import STUDY_FILE
+
+    if args.storage is None and not (Path(args.tune_dir) / STUDY_FILE).is_file():
+        return False
+    try:
+        study = TuneStudy(url, name)
+    except Exception:  # not a study of ours (an older tune folder): the folder check says what it is
+        return False
+    if not study.running():
+        return False
+    host, _, pid = study.coordinator().get("by", "").rpartition(":")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except (OSError, ValueError):
+            return False  # its coordinator on this machine is gone: the tune is to be resumed, not joined
+    return True
+
+
+JOIN_WAIT_S = 900.0  # --join waits this long for the tune to start (its check and sweep come first)
+
+
+def join_tune(args, url: str, name: str, workers: int) -> dict:
+    """This machine's workers (this process and workers - 1 more) join the running tune of the study, until it
+    ends. With --join, wait for it to start first."""
+    import socket
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--join under accelerate launch: a joining machine runs one training per worker; run "
+                        "`vitdist tune --join ...` without the launcher")
+    waited = time.monotonic()
+    while not joinable(url, name, args):
+        if not args.join or time.monotonic() - waited > JOIN_WAIT_S:
+            raise UserError(f"--join: no tune of study {name!r} has been running in {url} for "
+                            f"{JOIN_WAIT_S / 60:.0f} minutes: start it first (the same command without --join)")
+        time.sleep(5)
+    study = TuneStudy(url, name)
+    study = TuneStudy(url, name, **study.storage.get_study_user_attrs(study.id).get("settings", {}))
+    with start_workers(study, workers, Path(args.tune_dir) / "workers" / socket.gethostname(), ending=False):
+        join(study, train_trial)
+    return {"joined": name}
+
+
+@contextlib.contextmanager
+def dashboard(args, url: str):
+    """With --dashboard, optuna-dashboard serving the study for the block (rank 0)."""
+    if not (args.dashboard and is_main()):
+        yield
+        return
+    from .study import serve_dashboard
+
+    server = serve_dashboard(url, args.dashboard_port)
+    say(f"tune: the study's dashboard: http://127.0.0.1:{args.dashboard_port}/ (while the tune runs; after it: "
+        f"optuna-dashboard {url})")
+    try:
+        yield
+    finally:
+        server.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m vitdist.checklist.worker URL STUDY: one local worker, started by the tune."""
-    from .trials import train_trial
-
     url, name = (sys.argv[1:] if argv is None else argv)[:2]
     probe = TuneStudy(url, name)
     settings = probe.storage.get_study_user_attrs(probe.id).get("settings", {})
