@@ -58,6 +58,17 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def work_until_complete(study: TuneStudy, log: Path, what: str) -> None:
+    """One worker process on the study until a training there is COMPLETE; then the study is done and the worker
+    has ended."""
+    worker = start_worker(study.url, study.name, log)
+    try:
+        wait_for(lambda: study.trials(states=(TrialState.COMPLETE,)), 240, what)
+    finally:
+        study.set_state("done")
+        worker.wait(timeout=60)
+
+
 def best_val_acc(folder: Path) -> float:
     """From the run's own log: the best epoch's validation accuracy."""
     return max(json.loads(line)["val_acc"] for line in (folder / "metrics.jsonl").read_text().splitlines())
@@ -185,12 +196,7 @@ def test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_
     first.send_signal(signal.SIGKILL)  # no checkpoint of its step, no goodbye: its heartbeat just stops
     first.wait()
     assert study.trials()[0].state == TrialState.RUNNING
-    second = start_worker(url, "kill", tmp_path / "w2.log")
-    try:
-        wait_for(lambda: study.trials(states=(TrialState.COMPLETE,)), 240, "the retry")
-    finally:
-        study.set_state("done")
-        second.wait(timeout=60)
+    work_until_complete(study, tmp_path / "w2.log", "the retry")
     log = (tmp_path / "w2.log").read_text()
     killed, retried = study.trials()
     assert killed.state == TrialState.FAIL and retried.state == TrialState.COMPLETE, log
@@ -201,12 +207,7 @@ def test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_
     unbroken = TuneStudy(url, "unbroken", heartbeat_s=0.5)
     (straight,) = queue(unbroken, tmp_path / "straight", 1, epochs=4, data={"synthetic_size": 1200})
     unbroken.set_state("running")
-    worker = start_worker(url, "unbroken", tmp_path / "w3.log")
-    try:
-        wait_for(lambda: unbroken.trials(states=(TrialState.COMPLETE,)), 240, "the unbroken run")
-    finally:
-        unbroken.set_state("done")
-        worker.wait(timeout=60)
+    work_until_complete(unbroken, tmp_path / "w3.log", "the unbroken run")
     strip = lambda f: [{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k  # noqa: E731
                         and "tflops" not in k} for line in (f / "metrics.jsonl").read_text().splitlines()]
     assert len(strip(folder)) == 4 and strip(folder) == strip(straight)
