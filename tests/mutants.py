@@ -62,6 +62,7 @@ T_EN = "tests/test_tune_engine.py"
 STUDY = "vitdist/checklist/study.py"
 WORKER = "vitdist/checklist/worker.py"
 NUISANCE = "vitdist/checklist/nuisance.py"
+CRASH_TEST = "test_a_training_that_crashes_in_a_worker_stops_the_tune_with_its_error"
 PRUNE_TEST = "test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only"
 NUISANCE_TEST = "tests/test_tune.py::test_a_change_that_needs_another_rate_is_judged_at_its_own[4]"
 T_IN = "tests/test_inputs.py"
@@ -664,6 +665,14 @@ MUTANTS = [
     Mutant("pruner-ignored", "a bad nuisance point is pruned at the first rung", WORKER,
            "            if self.study.pruner.prune(view, storage.get_trial(self.id)) and STOP.signum is None:",
            "            if False:", (f"{T_EN}::{PRUNE_TEST}",)),
+    Mutant("pruned-in-the-first-epoch", "no point is judged before a quarter of its trial", STUDY,
+           "    return max(1, math.ceil(max_epochs / 4))", "    return 1", (f"{T_EN}::{PRUNE_TEST}",)),
+    Mutant("worker-crash-unreported", "a training that crashes in a worker stops the tune, saying why",
+           "vitdist/checklist/tuner.py", '            crashed = [e["crash"] for e in ended if e["crash"]]',
+           "            crashed = []", (f"{T_EN}::{CRASH_TEST}",)),
+    Mutant("worker-crash-retried-silently", "a training that crashes in a worker stops the tune, saying why", STUDY,
+           '(t.state == TrialState.FAIL and ("error" in t.user_attrs or "crash" in t.user_attrs))):',
+           '(t.state == TrialState.FAIL and "error" in t.user_attrs)):', (f"{T_EN}::{CRASH_TEST}",)),
     Mutant("arm-seeds-pruned", "an arm's seeds are never pruned", WORKER,
            "            if not (judge and self.prunable):", "            if not judge:",
            (f"{T_EN}::{PRUNE_TEST}",)),

@@ -215,23 +215,57 @@ def test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_
     assert "queued again" in log and "resumed from" in log, log
 
 
+def test_a_training_that_crashes_in_a_worker_stops_the_tune_with_its_error(tmp_path, monkeypatch):
+    """A worker whose training raises (here: its data folder is missing) records the error in the study, prints
+    its traceback and exits 1; the tune waiting on that training stops with a UserError that names the error and
+    where the traceback is, never a traceback of its own. (The tune itself only waits here, as it does while the
+    other workers hold every queued training.)"""
+    from vitdist.checklist import tuner as tuner_mod
+    from vitdist.checklist.tune import TuneArgs
+    from vitdist.config import UserError
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = TuneStudy(url, "crash")
+    study.set_state("running")
+    missing = tmp_path / "no-such-data"
+    cfg = tiny_config(tmp_path / "unused", data={"name": "imagefolder", "root": str(missing)})
+    worker = start_worker(url, "crash", tmp_path / "w.log")
+    monkeypatch.setattr(tuner_mod, "work", lambda study, until, train: wait_for(until, 120, "the worker's crash"))
+    args = TuneArgs(train=cfg, tune_dir=str(tmp_path / "tune"), seeds=1, confirm_seeds=0, nuisance_trials=0)
+    try:
+        with pytest.raises(UserError) as e:
+            tuner_mod.Tuner(args, study, workers=2).run("trial_000", "the template", "", cfg)
+        code = worker.wait(timeout=60)
+    finally:
+        study.set_state("done")
+    log = (tmp_path / "w.log").read_text()
+    (trial,) = study.trials()
+    assert code == 1 and "Traceback" in log and str(missing) in log, log
+    assert trial.state == TrialState.FAIL and str(missing) in trial.user_attrs["crash"]
+    assert trial.user_attrs["run_dir"] == str(tmp_path / "tune" / "trial_000")
+    assert "failed in a worker" in str(e.value) and str(missing) in str(e.value)
+    assert f"{tmp_path / 'tune'}/workers/" in str(e.value)  # where the worker's traceback is
+
+
 def planted_competitors(study: TuneStudy, acc: float, n: int = 3, group: str = "search") -> None:
-    """n finished trainings of a search that reached acc at epoch 1 (their first rung, as the pruner recorded it)."""
+    """n finished trainings of a search that reached acc at epochs 1 and 2 (epoch 2: their first rung, as the
+    pruner recorded it)."""
     for i in range(n):
         study.study.add_trial(optuna.trial.create_trial(
-            value=acc, intermediate_values={1: acc}, system_attrs={"completed_rung_0": acc},
+            value=acc, intermediate_values={1: acc, 2: acc}, system_attrs={"completed_rung_0": acc},
             user_attrs={"key": f"planted-{i}", "run_dir": f"p{i}", "group": group}))
 
 
 @pytest.mark.parametrize("case", ["a point of the search", "an arm's seed", "a point of another search"])
 def test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only(tmp_path, case):
-    """Three points of a search reached 0.95 at epoch 1; a training at a rate too small to learn reaches chance
-    there. As a point of that search (prunable) it is stopped in its second epoch and its folder marked; as an
-    arm's seed (not prunable), or as the first point of another search, it runs to its end."""
+    """Three points of a search reached 0.95 by epoch 2, the first rung of 6-epoch trials (a quarter of the
+    trial, rounded up: no point is judged in its first epoch); a training at a rate too small to learn is near
+    chance there. As a point of that search (prunable) it is stopped in its third epoch and its folder marked; as
+    an arm's seed (not prunable), or as the first point of another search, it runs to its end."""
     from vitdist.checklist.trials import train_trial
     from vitdist.checklist.worker import work
 
-    study = TuneStudy(f"sqlite:///{tmp_path / 'study.db'}", "prune", heartbeat_s=5.0)
+    study = TuneStudy(f"sqlite:///{tmp_path / 'study.db'}", "prune", heartbeat_s=5.0, max_epochs=6)
     planted_competitors(study, 0.95)
     cfg = tiny_config(tmp_path / "bad", epochs=6, data={"synthetic_size": 3000}, optim={"lr": 1e-7, "min_lr": 0.0})
     study.ensure(cfg.run_dir, as_json(to_dict(cfg)), seed=0, prunable=case != "an arm's seed",
@@ -241,11 +275,12 @@ def test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_o
     (trial,) = [t for t in study.trials() if t.user_attrs.get("run_dir") == cfg.run_dir]
     epochs = [json.loads(line)["epoch"] for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
     if case == "a point of the search":
-        # judged at epoch 1, stopped at the next step the trainer takes after the worker's look at its log
-        assert trial.state == TrialState.PRUNED and epochs in ([1], [1, 2])
+        # judged at epoch 2, stopped at the next step the trainer takes after the worker's look at its log
+        assert trial.state == TrialState.PRUNED and epochs in ([1, 2], [1, 2, 3])
         marked = json.loads((Path(cfg.run_dir) / "pruned.json").read_text())
-        assert marked["epoch"] == 1 and marked["val_acc"] == best_val_acc(Path(cfg.run_dir)) < 0.5
-        assert trial.intermediate_values[1] == marked["val_acc"]
+        rows = [json.loads(line) for line in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
+        assert marked["epoch"] == 2 and marked["val_acc"] == rows[1]["val_acc"] < 0.5
+        assert trial.intermediate_values[2] == marked["val_acc"]
     else:
         assert trial.state == TrialState.COMPLETE and epochs == [1, 2, 3, 4, 5, 6]
         assert not (Path(cfg.run_dir) / "pruned.json").exists()

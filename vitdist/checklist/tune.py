@@ -102,7 +102,8 @@ class TuneArgs:
     """The study's name in --storage (default vitdist-NAME, NAME the tune folder's)."""
     pruner: Literal["successive-halving", "none"] = "successive-halving"
     """Stops a nuisance search's point far behind the search's other points at the same epoch (asynchronous
-    successive halving: rungs at epochs 1, 3, 9, each keeping the best third). An arm's seeds are never pruned."""
+    successive halving: the first rung at a quarter of the trial, then 3 and 9 times that, each keeping the best
+    third). An arm's seeds are never pruned."""
     heartbeat_seconds: float = 10.0
     """A worker beats this often while it trains; one silent for 3 beats is taken for dead and its training is
     run again by a live worker, from its last checkpoint."""
