@@ -62,6 +62,7 @@ T_EN = "tests/test_tune_engine.py"
 STUDY = "vitdist/checklist/study.py"
 WORKER = "vitdist/checklist/worker.py"
 NUISANCE = "vitdist/checklist/nuisance.py"
+BEATS_TEST = "test_a_training_is_retried_after_three_silent_beats_and_given_up_after_three_retries"
 CRASH_TEST = "test_a_training_that_crashes_in_a_worker_stops_the_tune_with_its_error"
 PRUNE_TEST = "test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only"
 NUISANCE_TEST = "tests/test_tune.py::test_a_change_that_needs_another_rate_is_judged_at_its_own[4]"
@@ -667,6 +668,11 @@ MUTANTS = [
            "            if False:", (f"{T_EN}::{PRUNE_TEST}",)),
     Mutant("pruned-in-the-first-epoch", "no point is judged before a quarter of its trial", STUDY,
            "    return max(1, math.ceil(max_epochs / 4))", "    return 1", (f"{T_EN}::{PRUNE_TEST}",)),
+    Mutant("dead-after-one-missed-beat", "a worker is taken for dead after 3 silent beats, not before", STUDY,
+           "BEATS_MISSED = 3  #", "BEATS_MISSED = 2  #", (f"{T_EN}::{BEATS_TEST}",)),
+    Mutant("dead-workers-retried-forever", "a training whose worker dies 4 times ends the tune, saying so", STUDY,
+           '            given_up = len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY',
+           "            given_up = False", (f"{T_EN}::{BEATS_TEST}",)),
     Mutant("worker-crash-unreported", "a training that crashes in a worker stops the tune, saying why",
            "vitdist/checklist/tuner.py", '            crashed = [e["crash"] for e in ended if e["crash"]]',
            "            crashed = []", (f"{T_EN}::{CRASH_TEST}",)),
@@ -682,6 +688,13 @@ MUTANTS = [
     Mutant("prune-request-outlives-its-training", "a pruned training stops only itself", WORKER,
            "                STOP.signum = None  # the prune's request", "                pass  #",
            (f"{T_EN}::{PRUNE_TEST}",)),
+    Mutant("nuisance-points-random", "the nuisance points are quasi-random", NUISANCE,
+           'sampler=optuna.samplers.QMCSampler(\n            qmc_type="sobol", scramble=True, seed=cfg.seed))',
+           "sampler=optuna.samplers.RandomSampler(seed=cfg.seed))",
+           ("tests/test_tune.py::test_the_nuisance_points_are_quasi_random_a_sobol_net_not_random_draws",)),
+    Mutant("nuisance-points-unseeded", "the nuisance points are quasi-random", NUISANCE,
+           'qmc_type="sobol", scramble=True, seed=cfg.seed))', 'qmc_type="sobol", scramble=True, seed=0))',
+           ("tests/test_tune.py::test_the_nuisance_points_are_quasi_random_a_sobol_net_not_random_draws",)),
     Mutant("nuisance-never-searched", "a scientific change is judged at its own rate", NUISANCE,
            "    if k <= 0 or not is_scientific(cfg, best_cfg):", "    if True:", (NUISANCE_TEST,)),
     Mutant("nuisance-best-point-dropped", "a scientific change is judged at its own rate", NUISANCE,

@@ -461,6 +461,31 @@ def test_a_change_that_needs_another_rate_is_judged_at_its_own(tmp_path, planted
     assert (tmp_path / "tune" / "tune-isolation.png").stat().st_size > 5000
 
 
+def test_the_nuisance_points_are_quasi_random_a_sobol_net_not_random_draws(tmp_path):
+    """Past the config's own point, the search's points are scrambled Sobol: 8 points of a rate-and-decay search
+    fill each of the 8 cells of every 8-cell grid of the (log lr, log decay) square exactly once (a (0,3,2)-net in
+    base 2, which scrambling keeps; 8 independent random draws do so with odds of about 1 in 10^5). The scramble
+    is the config's seed: the same seed, the same points; another, others."""
+    import math
+
+    from vitdist.checklist.nuisance import qmc_points, search_space
+
+    cfg = tiny_config(tmp_path, optim={"lr": 1e-3, "weight_decay": 1e-4})
+    space = search_space(cfg, 4)
+    assert space == {"lr": (pytest.approx(1e-3 / 3), pytest.approx(3e-3), True),
+                     "weight_decay": (pytest.approx(1e-5), pytest.approx(1e-3), True)}
+    for seed in (0, 1, 2):
+        points = qmc_points(replace(cfg, seed=seed), space, 9)
+        assert points[0] == {"lr": 1e-3, "weight_decay": 1e-4}  # the config as it is, first
+        unit = [[(math.log(p[k]) - math.log(space[k][0])) / (math.log(space[k][1]) - math.log(space[k][0]))
+                 for k in ("lr", "weight_decay")] for p in points[1:]]
+        assert all(0 <= x < 1 for u in unit for x in u)
+        for cols, rows in ((8, 1), (4, 2), (2, 4), (1, 8)):
+            assert len({(int(x * cols), int(y * rows)) for x, y in unit}) == 8, (seed, cols, rows, unit)
+    assert qmc_points(cfg, space, 9) == qmc_points(cfg, space, 9)
+    assert qmc_points(cfg, space, 9)[1:] != qmc_points(replace(cfg, seed=1), space, 9)[1:]
+
+
 def test_a_scientific_change_with_no_room_for_its_rate_search_is_skipped_not_judged_unfairly(tmp_path, planted,
                                                                                              monkeypatch):
     """50 minutes left: a wider model whose search and seeds would take 100 is skipped (judged at the narrow

@@ -215,6 +215,45 @@ def test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_
     assert "queued again" in log and "resumed from" in log, log
 
 
+def test_a_training_is_retried_after_three_silent_beats_and_given_up_after_three_retries(tmp_path, monkeypatch):
+    """Beats every 10 s: a worker silent for 29 s is alive (its training stays RUNNING); at 31 s it is taken for
+    dead, its training FAILed and queued again as a new trial with the same folder, config and retry history.
+    The fourth death ends the training for good, saying so (the tune stops on it); nothing is queued again. The
+    study's clock is moved by hand, not slept."""
+    from types import SimpleNamespace
+
+    import vitdist.checklist.study as study_mod
+
+    clock = [time.time()]
+    monkeypatch.setattr(study_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep,
+                                                           monotonic=time.monotonic, perf_counter=time.perf_counter))
+    study = TuneStudy(f"sqlite:///{tmp_path / 'study.db'}", "beats", heartbeat_s=10.0)
+    (folder,) = queue(study, tmp_path / "runs", 1)
+    said = []
+    for death in range(1, 5):
+        taken = study.take()
+        assert taken is not None and study.storage.get_trial(taken).state == TrialState.RUNNING
+        clock[0] += 29.0
+        assert study.retry_stale(say=said.append) == [] and study.storage.get_trial(taken).state == \
+            TrialState.RUNNING
+        clock[0] += 2.0
+        dead = study.storage.get_trial(taken)
+        retried = study.retry_stale(say=said.append)
+        assert study.storage.get_trial(taken).state == TrialState.FAIL
+        waiting = study.trials(states=(TrialState.WAITING,))
+        if death <= 3:
+            assert retried == [dead.number] and len(waiting) == 1 and len(said) == death
+            (new,) = waiting
+            assert new.user_attrs["run_dir"] == str(folder) and new.user_attrs["key"] == dead.user_attrs["key"]
+            assert new.user_attrs["config"] == dead.user_attrs["config"]
+            assert len(new.system_attrs["retry_history"]) == death
+        else:
+            assert retried == [] and waiting == []
+            assert "died 4 times" in study.storage.get_trial(taken).user_attrs["crash"]
+            assert study.finished(dead.user_attrs["key"]).number == dead.number  # ended for good
+    assert len(study.trials()) == 4
+
+
 def test_a_training_that_crashes_in_a_worker_stops_the_tune_with_its_error(tmp_path, monkeypatch):
     """A worker whose training raises (here: its data folder is missing) records the error in the study, prints
     its traceback and exits 1; the tune waiting on that training stops with a UserError that names the error and

@@ -166,14 +166,17 @@ class TuneStudy:
             last = max(t.user_attrs.get("beat", 0.0), started)
             if now - last < BEATS_MISSED * self.heartbeat_s:
                 continue
+            given_up = len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY  # the tune stops on it
             try:
+                if given_up:  # said before the FAIL: a finished trial's attributes are fixed
+                    why = f"its worker died {MAX_RETRY + 1} times (killed, or its machine lost)"
+                    self.storage.set_trial_user_attr(t._trial_id, "crash",
+                                                     f"{why}, the last on {t.user_attrs['worker']}")
                 if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                     continue
-            except UpdateFinishedTrialError:  # another worker got there first
+            except UpdateFinishedTrialError:  # another worker got there first, or it ended after all
                 continue
-            if len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY:  # the tune stops on it, saying why
-                why = f"its worker died {MAX_RETRY + 1} times (killed, or its machine lost)"
-                self.storage.set_trial_user_attr(t._trial_id, "crash", f"{why}, the last on {t.user_attrs['worker']}")
+            if given_up:
                 continue
             self.requeue(t._trial_id, None)
             say(f"tune: the worker of trial {t.number} ({t.user_attrs.get('run_dir')}, on "

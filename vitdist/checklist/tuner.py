@@ -163,6 +163,7 @@ def ending(t) -> dict:
 
     steps = sorted(t.intermediate_values)
     return {"value": t.value if t.state == TrialState.COMPLETE else None, "error": t.user_attrs.get("error"),
-            "crash": t.user_attrs.get("crash"), "pruned": t.user_attrs.get("pruned"),
+            "crash": t.user_attrs.get("crash") if t.state == TrialState.FAIL else None,
+            "pruned": t.user_attrs.get("pruned"),
             "seconds": t.user_attrs.get("seconds", 0.0), "num_val": t.user_attrs.get("num_val", 0),
             "last": t.intermediate_values[steps[-1]] if steps else t.value}
