@@ -63,6 +63,7 @@ STUDY = "vitdist/checklist/study.py"
 WORKER = "vitdist/checklist/worker.py"
 NUISANCE = "vitdist/checklist/nuisance.py"
 BEATS_TEST = "test_a_training_is_retried_after_three_silent_beats_and_given_up_after_three_retries"
+PACK_TEST = "test_trials_per_gpu_packs_k_trainings_on_each_gpu_and_a_cpu_splits_its_cores"
 CRASH_TEST = "test_a_training_that_crashes_in_a_worker_stops_the_tune_with_its_error"
 PRUNE_TEST = "test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only"
 NUISANCE_TEST = "tests/test_tune.py::test_a_change_that_needs_another_rate_is_judged_at_its_own[4]"
@@ -673,6 +674,12 @@ MUTANTS = [
     Mutant("dead-workers-retried-forever", "a training whose worker dies 4 times ends the tune, saying so", STUDY,
            '            given_up = len(t.system_attrs.get("retry_history", [])) >= MAX_RETRY',
            "            given_up = False", (f"{T_EN}::{BEATS_TEST}",)),
+    Mutant("gpu-shares-skip-the-coordinators", "--trials-per-gpu K packs K trainings on each GPU", WORKER,
+           'env["CUDA_VISIBLE_DEVICES"] = str(index % torch.cuda.device_count())',
+           'env["CUDA_VISIBLE_DEVICES"] = str((index - 1) % torch.cuda.device_count())', (f"{T_EN}::{PACK_TEST}",)),
+    Mutant("trials-per-gpu-ignored", "--trials-per-gpu K packs K trainings on each GPU", WORKER,
+           "    return torch.cuda.device_count() * args.trials_per_gpu if", "    return torch.cuda.device_count() if",
+           (f"{T_EN}::{PACK_TEST}",)),
     Mutant("worker-crash-unreported", "a training that crashes in a worker stops the tune, saying why",
            "vitdist/checklist/tuner.py", '            crashed = [e["crash"] for e in ended if e["crash"]]',
            "            crashed = []", (f"{T_EN}::{CRASH_TEST}",)),

@@ -215,6 +215,42 @@ def test_a_worker_killed_mid_training_is_retried_by_another_and_the_run_ends_as_
     assert "queued again" in log and "resumed from" in log, log
 
 
+def test_trials_per_gpu_packs_k_trainings_on_each_gpu_and_a_cpu_splits_its_cores(monkeypatch):
+    """On 4 GPUs with --trials-per-gpu 2 the tune runs 8 trainings at once: this process on GPU 0 (it sees them
+    all and trains on the first), each of the 7 workers on the one GPU its CUDA_VISIBLE_DEVICES names, so every
+    GPU holds exactly 2. On a 16-core CPU, --workers 4 gives each of the 4 processes 4 threads. Under
+    accelerate launch every rank trains each training together: one at a time, and --workers 2 is refused."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    import torch
+
+    from vitdist.checklist.worker import count_workers, worker_env
+    from vitdist.config import UserError
+
+    args = SimpleNamespace(workers=0, trials_per_gpu=2, nuisance_trials=4, heartbeat_seconds=10.0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    n = count_workers(args)
+    assert n == 8
+    gpus = Counter(["0"] + [worker_env(i, n)["CUDA_VISIBLE_DEVICES"] for i in range(1, n)])
+    assert gpus == {"0": 2, "1": 2, "2": 2, "3": 2}
+    assert count_workers(SimpleNamespace(**{**vars(args), "trials_per_gpu": 1})) == 4
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert count_workers(args) == 1  # a CPU: one at a time unless --workers says
+    four = SimpleNamespace(**{**vars(args), "workers": 4})
+    assert count_workers(four) == 4
+    assert {worker_env(i, 4)["OMP_NUM_THREADS"] for i in range(1, 4)} == {"4"}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert count_workers(args) == 1
+    with pytest.raises(UserError, match="under accelerate launch"):
+        count_workers(SimpleNamespace(**{**vars(args), "workers": 2}))
+    with pytest.raises(UserError, match="--trials-per-gpu >= 1"):
+        count_workers(SimpleNamespace(**{**vars(args), "trials_per_gpu": 0}))
+
+
 def test_a_training_is_retried_after_three_silent_beats_and_given_up_after_three_retries(tmp_path, monkeypatch):
     """Beats every 10 s: a worker silent for 29 s is alive (its training stays RUNNING); at 31 s it is taken for
     dead, its training FAILed and queued again as a new trial with the same folder, config and retry history.
