@@ -20,7 +20,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check vitdist tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # Plant known bugs in a temporary copy and check the tests catch each (tests/README.md); not part of `test`.
 mutants: setup

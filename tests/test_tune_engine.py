@@ -380,7 +380,8 @@ def test_the_dashboard_answers_with_the_study(tmp_path):
         detail = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}",
                                                    timeout=30).read())
         assert [t["values"] for t in detail["trials"]] == [[0.7], [0.7]]
-        assert [t["intermediate_values"] for t in detail["trials"]] == [[{"step": 1, "value": 0.7}]] * 2
+        assert [t["intermediate_values"] for t in detail["trials"]] == [[{"step": 1, "value": 0.7},
+                                                                         {"step": 2, "value": 0.7}]] * 2
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=30).read()
         assert b"<html" in page.lower()
     finally:

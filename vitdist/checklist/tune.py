@@ -80,8 +80,9 @@ class TuneArgs:
     redrawing the validation hold-out where the data has no fixed split), and a change is judged on the paired
     differences, seed by seed: kept when their mean beats both their own spread and the binomial band."""
     confirm_seeds: int = 3
-    """At the end, the template and the winner each train on this many fresh seeds, never used during the tune
-    (each redrawing the hold-out): their mean and standard deviation are the tune's headline (0: skip)."""
+    """At the end, the template as given (without the tune's warmup fix) and the winner each train on this many
+    fresh seeds, never used during the tune (each redrawing the hold-out): their mean and standard deviation are the
+    tune's headline (0: skip)."""
     final_epochs: Optional[int] = None
     """Epochs of the final run of the best config; default --epochs: the best trial itself is the final run."""
     nuisance_trials: int = 4
@@ -235,7 +236,7 @@ def search(t: Tuner, given: TrainConfig, template: TrainConfig, lr: float) -> di
                                 kind="final")])[0]
     test = score_test_once(final.run_dir)
     t.reserve = None
-    confirmed = confirm(t, template, best_cfg, best.name)
+    confirmed = confirm(t, given, best_cfg, best.name)  # against the template as given: the fix is the tune's
     summary = {"confirmed": confirmed,
                "best_trial": best.name, "best_val_acc": best.best_val_acc, "template_val_acc": ref.best_val_acc,
                "gain": (best.best_val_acc or 0) - (ref.best_val_acc or 0), "final_run": final.run_dir,

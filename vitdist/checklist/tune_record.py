@@ -71,10 +71,10 @@ def tune_markdown(record: dict) -> str:
     c = (s or {}).get("confirmed")
     if c and c.get("gain") is not None:  # the headline: fresh seeds, not the tune's own best
         lines += [f"**Confirmed on {len(c['seeds'])} fresh seeds** (never used during the tune; each redraws the "
-                  f"hold-out): tuned {c['best']['mean']:.4f} ± {c['best']['std']:.4f} against the template's "
-                  f"{c['template']['mean']:.4f} ± {c['template']['std']:.4f}: **{c['gain']:+.4f}**. Per seed "
+                  f"hold-out): tuned {c['best']['mean']:.4f} ± {c['best']['std']:.4f} against the template as "
+                  f"given, {c['template']['mean']:.4f} ± {c['template']['std']:.4f}: **{c['gain']:+.4f}**. Per seed "
                   f"({', '.join(map(str, c['seeds']))}): tuned {', '.join(f'{a:.4f}' for a in c['best']['accs'])}; "
-                  f"template {', '.join(f'{a:.4f}' for a in c['template']['accs'])}.", ""]
+                  f"template as given {', '.join(f'{a:.4f}' for a in c['template']['accs'])}.", ""]
     if s:
         test = f"{s['test']['accuracy']:.4f}" if s.get("test") else "no test split"
         lines += [f"Best: **{s['best_trial']}**, validation accuracy {s['best_val_acc']:.4f} against the template's "

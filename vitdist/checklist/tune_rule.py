@@ -107,14 +107,16 @@ def keep_or_revert(t, step: str, trial, best, cfg: TrainConfig, best_cfg: TrainC
 
 
 def confirm(t, template: TrainConfig, best_cfg: TrainConfig, best_name: str) -> dict | None:
-    """The headline: the template and the winner each trained on --confirm-seeds fresh seeds, never used during the
-    tune (each redrawing the hold-out), as mean and standard deviation. Runs on the tune.Tuner t; None if skipped."""
+    """The headline: the template as the user gave it (not with the tune's schedule fix, which is one of the tune's
+    own changes and is measured with the rest) and the winner, each trained on --confirm-seeds fresh seeds, never
+    used during the tune (each redrawing the hold-out), as mean and standard deviation. Runs on the tune.Tuner t;
+    None if skipped."""
     k = t.args.confirm_seeds
     if k <= 0:
         return None
     fresh = [template.seed + t.args.seeds + i for i in range(k)]  # the tune trained on seed .. seed + seeds - 1
     out: dict = {"seeds": fresh}
-    arms = {"template": (template, "the template")}
+    arms = {"template": (template, "the template as given")}
     if best_cfg != template:
         arms["best"] = (best_cfg, f"the winner ({best_name})")
     from .tune_record import Arm
@@ -132,7 +134,7 @@ def confirm(t, template: TrainConfig, best_cfg: TrainConfig, best_name: str) -> 
     out["gain"] = b - a if a is not None and b is not None else None
     t.decide("confirm", f"{k} fresh seeds ({', '.join(map(str, fresh))})", {"confirmed": out},
              "done" if out["gain"] is not None else "failed",
-             f"tuned {b:.4f} +- {out['best']['std']:.4f} against the template's {a:.4f} +- "
+             f"tuned {b:.4f} +- {out['best']['std']:.4f} against the template as given, {a:.4f} +- "
              f"{out['template']['std']:.4f}: {out['gain']:+.4f}" if out["gain"] is not None else
              "a confirmation run diverged: no headline")
     return out
