@@ -651,6 +651,12 @@ MUTANTS = [
            "    end_process_group()  # the trials leave it up for the next;", "    pass  #",
            ("tests/test_tune.py::test_two_processes_run_each_trial_together",)),
     # issue 19: the study and its workers (tests/test_tune_engine.py), the nuisance search
+    Mutant("resume-key-counts-overwrite", "a resumed tune reruns nothing finished", STUDY,
+           'RUN_CONTROL = ("resume", "overwrite", "test_at_end",', 'RUN_CONTROL = ("resume", "test_at_end",',
+           ("tests/test_tune_engine.py::test_a_killed_tune_resumed_reruns_nothing_finished",)),
+    Mutant("resumed-tune-budget-restarts", "a resumed tune's budget counts the time spent before",
+           "vitdist/checklist/tuner.py", '            self.t0 -= 60 * saved.get("minutes", 0.0)', "            pass",
+           ("tests/test_tune.py::test_a_resumed_tune_counts_the_minutes_it_spent_before_against_its_budget",)),
     Mutant("take-without-claiming", "no training runs twice", STUDY,
            "                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):\n"
            "                    continue\n", "                pass\n",

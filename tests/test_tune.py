@@ -298,6 +298,24 @@ def test_a_warmup_spanning_most_of_a_trial_is_fixed_before_anything_is_compared(
     assert "against the template as given" in (tmp_path / "tune" / "tune.md").read_text().splitlines()[2]
 
 
+def test_a_resumed_tune_counts_the_minutes_it_spent_before_against_its_budget(tmp_path):
+    """A tune stopped after 50 of its 52 budget minutes (tune.json's record) resumes with 2 left, not 52 (its
+    clock restarted, a change skipped for time before the stop could fit after it, and the tune take other
+    decisions than one never stopped); the record's minutes go on from 50."""
+    from vitdist.checklist.tuner import Tuner
+
+    args = tune_args(tmp_path, budget_minutes=52.0)
+    folder = tmp_path / "tune"
+    folder.mkdir()
+    (folder / "tune.json").write_text(json.dumps({"sweep": {"runs": [{"lr": 1e-3}]}, "minutes": 50.0}))
+    fresh = Tuner(args)
+    assert fresh.minutes_left() == pytest.approx(52.0, abs=0.05)
+    resumed = Tuner(replace(args, train=replace(args.train, resume="auto")))
+    assert resumed.minutes_left() == pytest.approx(2.0, abs=0.05) and resumed.sweep == {"runs": [{"lr": 1e-3}]}
+    resumed.write()
+    assert json.loads((folder / "tune.json").read_text())["minutes"] == pytest.approx(50.0, abs=0.05)
+
+
 def test_a_time_budget_spent_by_the_sweep_stops_before_the_template(tmp_path, planted, monkeypatch):
     import time
 

@@ -398,9 +398,11 @@ TUNE_FLAGS = ["--data.name", "synthetic", "--data.synthetic-size", "640", "--dat
 
 def test_a_killed_tune_resumed_reruns_nothing_finished(tmp_path):
     """SIGKILL the tune (no checkpoint, its training left RUNNING in the study) as its second arm starts; --resume
-    auto retries that training from its checkpoint, reads the finished ones back, and ends as an unbroken tune."""
+    auto retries that training from its checkpoint, reads the finished ones back, and ends as an unbroken tune.
+    The tune was started with --overwrite and continued without it, as the tune's own continue command says."""
     folder = tmp_path / "t"
-    proc = subprocess.Popen([sys.executable, "-m", "vitdist", "tune", *TUNE_FLAGS, "--tune-dir", str(folder)],
+    proc = subprocess.Popen([sys.executable, "-m", "vitdist", "tune", *TUNE_FLAGS, "--tune-dir", str(folder),
+                             "--overwrite"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: (folder / "trial_001" / "seed_0" / "metrics.jsonl").is_file(), 300, "the second arm")
     proc.send_signal(signal.SIGKILL)

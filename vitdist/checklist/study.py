@@ -75,9 +75,23 @@ def immediate_transactions(engine) -> None:
     engine.dispose()  # the connections opened while Optuna set up the file: new ones get the above
 
 
+RUN_CONTROL = ("resume", "overwrite", "test_at_end", "checkpoint_every_epochs", "checkpoint_every_steps", "log.",
+               "data.num_workers", "data.download")  # how a training is driven, not what it trains
+
+
 def training_key(run_dir: str, config: dict) -> str:
-    """What makes two trainings the same: the folder and the config (a resumed tune with other flags is new)."""
-    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    """What makes two trainings the same: the folder and what is trained, the config less RUN_CONTROL (a resumed
+    tune with other flags is new; one continued without --overwrite, as its own continue command is, is not)."""
+    def trained(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(trained(v, f"{prefix}{k}."))
+            elif not f"{prefix}{k}".startswith(RUN_CONTROL):
+                out[f"{prefix}{k}"] = v
+        return out
+
+    digest = hashlib.sha1(json.dumps(trained(config), sort_keys=True).encode()).hexdigest()[:12]
     return f"{run_dir}#{digest}"
 
 
@@ -95,6 +109,7 @@ class TuneStudy:
         self.id = self.storage.get_study_id_from_name(name)
         self.pruner = make_pruner(pruner, max_epochs)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._keys: dict[int, Optional[str]] = {}
 
     # --- the record
 
@@ -104,8 +119,18 @@ class TuneStudy:
     def latest(self, key: str, trials: Optional[list] = None):
         """The training's latest trial (a retried one has several), or None if it was never queued. trials: a
         snapshot of the study's, to read many trainings at one look."""
-        mine = [t for t in (self.trials() if trials is None else trials) if t.user_attrs.get("key") == key]
+        mine = [t for t in (self.trials() if trials is None else trials) if self.key_of(t) == key]
         return max(mine, key=lambda t: t.number) if mine else None
+
+    def key_of(self, t) -> Optional[str]:
+        """A trial's training key, from its own folder and config (a study an earlier vitdist wrote is read with
+        today's training_key); remembered, as a trial's config never changes."""
+        key = self._keys.get(t._trial_id)
+        if key is None:
+            a = t.user_attrs
+            key = training_key(a["run_dir"], a["config"]) if "config" in a and "run_dir" in a else a.get("key")
+            self._keys[t._trial_id] = key
+        return key
 
     def finished(self, key: str, trials: Optional[list] = None):
         """The training's trial once it has ended for good (COMPLETE, PRUNED, or FAIL with a reason); else None.

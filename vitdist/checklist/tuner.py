@@ -33,7 +33,9 @@ class Tuner:
         self.reserve: Optional[TrainConfig] = None  # the template, whose confirmation at the end is budgeted for
         self.resuming = args.train.resume is not None
         if self.resuming and (self.dir / "tune.json").is_file():  # the trainings themselves are the study's
-            self.sweep = json.loads((self.dir / "tune.json").read_text()).get("sweep")
+            saved = json.loads((self.dir / "tune.json").read_text())
+            self.sweep = saved.get("sweep")
+            self.t0 -= 60 * saved.get("minutes", 0.0)  # --budget-minutes counts the time spent before the stop
 
     # --- budget and records
 
