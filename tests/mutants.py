@@ -64,6 +64,9 @@ WORKER = "vitdist/checklist/worker.py"
 NUISANCE = "vitdist/checklist/nuisance.py"
 BEATS_TEST = "test_a_training_is_retried_after_three_silent_beats_and_given_up_after_three_retries"
 PACK_TEST = "test_trials_per_gpu_packs_k_trainings_on_each_gpu_and_a_cpu_splits_its_cores"
+# run_one as it was: the prune's request cleared inside the watch, before its thread's last look
+LATE_PRUNE_FIXED = '    try:\n        with watch:\n            try:\n                if frozen is not None:\n                    record_point(study, frozen)\n                results, error = train_fn(cfg, resume=True)  # a retried training continues from its checkpoint\n            except Interrupted:\n                if not share(watch.pruned is not None):\n                    give_back(study, trial_id, "interrupted")\n                    raise\n            except BaseException as e:\n                if study is not None:\n                    if isinstance(e, Exception):\n                        study.storage.set_trial_user_attr(trial_id, "crash", f"{type(e).__name__}: {e}")\n                        study.study.tell(trial, state=optuna.trial.TrialState.FAIL)\n                    else:  # KeyboardInterrupt, SystemExit: the worker stops, the training waits for the next\n                        give_back(study, trial_id, type(e).__name__)\n                raise\n    finally:  # once the watch has stopped: a look it took as the training ended may have asked a prune too late\n        if STOP.signum == PRUNE_SIGNAL:\n            STOP.signum = None  # the prune\'s request, not a signal: the next training starts unasked\n'  # noqa: E501
+LATE_PRUNE_BUG = '    with watch:\n        try:\n            if frozen is not None:\n                record_point(study, frozen)\n            results, error = train_fn(cfg, resume=True)  # a retried training continues from its checkpoint\n        except Interrupted:\n            if not share(watch.pruned is not None):\n                give_back(study, trial_id, "interrupted")\n                raise\n        except BaseException as e:\n            if study is not None:\n                if isinstance(e, Exception):\n                    study.storage.set_trial_user_attr(trial_id, "crash", f"{type(e).__name__}: {e}")\n                    study.study.tell(trial, state=optuna.trial.TrialState.FAIL)\n                else:  # KeyboardInterrupt, SystemExit: the worker stops, the training waits for the next\n                    give_back(study, trial_id, type(e).__name__)\n            raise\n        finally:\n            if STOP.signum == PRUNE_SIGNAL:\n                STOP.signum = None  # the prune\'s request, not a signal: the next training starts unasked\n'  # noqa: E501
 CRASH_TEST = "test_a_training_that_crashes_in_a_worker_stops_the_tune_with_its_error"
 PRUNE_TEST = "test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_only"
 NUISANCE_TEST = "tests/test_tune.py::test_a_change_that_needs_another_rate_is_judged_at_its_own[4]"
@@ -703,8 +706,11 @@ MUTANTS = [
            "            view = SearchView(self.study.study, self.group)", "            view = self.study.study",
            (f"{T_EN}::{PRUNE_TEST}",)),
     Mutant("prune-request-outlives-its-training", "a pruned training stops only itself", WORKER,
-           "                STOP.signum = None  # the prune's request", "                pass  #",
+           "            STOP.signum = None  # the prune's request", "            pass  #",
            (f"{T_EN}::{PRUNE_TEST}",)),
+    Mutant("late-prune-request-outlives-its-training", "a pruned training stops only itself", WORKER,
+           LATE_PRUNE_FIXED, LATE_PRUNE_BUG,
+           (f"{T_EN}::test_a_prune_asked_as_the_training_ends_does_not_stop_the_next",)),
     Mutant("nuisance-points-random", "the nuisance points are quasi-random", NUISANCE,
            'sampler=optuna.samplers.QMCSampler(\n            qmc_type="sobol", scramble=True, seed=cfg.seed))',
            "sampler=optuna.samplers.RandomSampler(seed=cfg.seed))",

@@ -365,6 +365,42 @@ def test_the_pruner_stops_a_bad_point_at_the_first_rung_against_its_own_search_o
     assert STOP.signum is None  # the prune's request does not outlive its training
 
 
+def test_a_prune_asked_as_the_training_ends_does_not_stop_the_next(tmp_path, monkeypatch):
+    """The watch's last look, taken as the training returned, finds the point far behind and asks for a prune:
+    too late to stop anything, so the training is COMPLETE and the request is gone before the next training
+    starts. (The request outlived its training once in a clean-clone CI run: the next arm's seed stopped at
+    step 1 on SIGUSR1.) The late look is made certain here by taking it in the watch's exit."""
+    from vitdist.checklist import worker as worker_mod
+    from vitdist.stopping import STOP
+
+    study = TuneStudy(f"sqlite:///{tmp_path / 'study.db'}", "late", heartbeat_s=5.0, max_epochs=4)
+    planted_competitors(study, 0.95)
+    cfg = tiny_config(tmp_path / "point")
+    study.ensure(cfg.run_dir, as_json(to_dict(cfg)), seed=0, prunable=True, group="search")
+    real_exit = worker_mod.Watch.__exit__
+
+    def late_look(self, *exc):
+        self.read(judge=True)  # the thread's look, after the training returned
+        return real_exit(self, *exc)
+
+    monkeypatch.setattr(worker_mod.Watch, "__exit__", late_look)
+
+    def trains(cfg, resume=False):
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run_dir) / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.1}) + "\n")
+        return {"best_val_acc": 0.1}, None
+
+    trial_id = study.take()
+    try:
+        worker_mod.run_one(study, trial_id, study.storage.get_trial(trial_id).user_attrs["config"], trains)
+        assert STOP.signum is None  # the next training starts unasked
+    finally:
+        STOP.signum = None
+    trial = study.storage.get_trial(trial_id)
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.1  # a prune asked too late is no prune
+    assert not (Path(cfg.run_dir) / "pruned.json").exists()
+
+
 def test_the_dashboard_answers_with_the_study(tmp_path):
     from vitdist.checklist.study import serve_dashboard
 
@@ -431,7 +467,10 @@ def test_a_slurm_array_task_joins_task_0s_tune(tmp_path):
     wrapper.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -m vitdist \"$@\"\n")
     wrapper.chmod(0o755)
     script = str(REPO / "launch" / "slurm_tune.sbatch")
-    flags = [*TUNE_FLAGS, "--tune-dir", str(tmp_path / "t"), "--storage", f"journal:{tmp_path / 'study.log'}"]
+    # trainings of a few seconds, so that task 0 (which also trains) cannot take every queued seed before the
+    # joiner's next look: at 640 images the joiner trained nothing in 3 of 4 runs on a slow day
+    sized = [("1600" if before == "--data.synthetic-size" else f) for before, f in zip(["", *TUNE_FLAGS], TUNE_FLAGS)]
+    flags = [*sized, "--tune-dir", str(tmp_path / "t"), "--storage", f"journal:{tmp_path / 'study.log'}"]
     env = {**os.environ, "VITDIST": str(wrapper), "SLURM_SUBMIT_DIR": str(REPO), "OMP_NUM_THREADS": "1"}
     joiner = subprocess.Popen(["bash", script, *flags], env={**env, "SLURM_ARRAY_TASK_ID": "1"},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -450,7 +489,7 @@ def test_a_slurm_array_task_joins_task_0s_tune(tmp_path):
     assert sorted(runs) == sorted(str(Path(t["run_dir"]).parent / f"seed_{s}") if len(t["seeds"]) > 1 else
                                   t["run_dir"] for t in record["trials"] for s in t["seeds"])
     by_joiner = [t for t in trials if t.user_attrs["worker"].endswith(f":{joiner.pid}")]
-    assert by_joiner, "the joining task trained nothing"
+    assert by_joiner, "the joining task trained nothing:\n" + joined[-3000:]
     for t in by_joiner:  # what the joiner recorded is what its runs wrote
         assert t.value == pytest.approx(best_val_acc(Path(t.user_attrs["run_dir"])))
     refused = subprocess.run(["bash", script, *TUNE_FLAGS], env={**env, "SLURM_ARRAY_TASK_ID": "0"},

@@ -111,26 +111,27 @@ def run_one(study: Optional[TuneStudy], trial_id: Optional[int], config: dict, t
     watch = Watch(study, trial_id, run_dir, attrs.get("prunable", False), attrs.get("group"))
     start = time.perf_counter()
     results = error = None
-    with watch:
-        try:
-            if frozen is not None:
-                record_point(study, frozen)
-            results, error = train_fn(cfg, resume=True)  # a retried training continues from its checkpoint
-        except Interrupted:
-            if not share(watch.pruned is not None):
-                give_back(study, trial_id, "interrupted")
+    try:
+        with watch:
+            try:
+                if frozen is not None:
+                    record_point(study, frozen)
+                results, error = train_fn(cfg, resume=True)  # a retried training continues from its checkpoint
+            except Interrupted:
+                if not share(watch.pruned is not None):
+                    give_back(study, trial_id, "interrupted")
+                    raise
+            except BaseException as e:
+                if study is not None:
+                    if isinstance(e, Exception):
+                        study.storage.set_trial_user_attr(trial_id, "crash", f"{type(e).__name__}: {e}")
+                        study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    else:  # KeyboardInterrupt, SystemExit: the worker stops, the training waits for the next
+                        give_back(study, trial_id, type(e).__name__)
                 raise
-        except BaseException as e:
-            if study is not None:
-                if isinstance(e, Exception):
-                    study.storage.set_trial_user_attr(trial_id, "crash", f"{type(e).__name__}: {e}")
-                    study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                else:  # KeyboardInterrupt, SystemExit: the worker stops, the training waits for the next
-                    give_back(study, trial_id, type(e).__name__)
-            raise
-        finally:
-            if STOP.signum == PRUNE_SIGNAL:
-                STOP.signum = None  # the prune's request, not a signal: the next training starts unasked
+    finally:  # once the watch has stopped: a look it took as the training ended may have asked a prune too late
+        if STOP.signum == PRUNE_SIGNAL:
+            STOP.signum = None  # the prune's request, not a signal: the next training starts unasked
     if study is None:
         return
     seconds = time.perf_counter() - start
