@@ -35,9 +35,13 @@ def train_one(config_json: str) -> None:
 
 
 def wider(cfg):
-    m = cfg.model
-    embed = 2 * m.embed_dim
-    return replace(cfg, model=replace(m, embed_dim=embed, dim_feedforward=m.dim_feedforward * embed // m.embed_dim))
+    """cfg with the checklist's "a wider model" change, the very flags the tune's advice gives (advice._resize)."""
+    from vitdist.checklist.advice import _resize
+    from vitdist.checklist.tune import apply_flags
+    from vitdist.config import to_dict
+
+    model = to_dict(cfg)["model"]
+    return apply_flags(cfg, _resize(model, embed=2 * model["embed_dim"]))
 
 
 def main() -> None:
